@@ -1,0 +1,37 @@
+"""Datasets and codec from a config."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+from pose.config import Config
+from pose.data.coco import Augmentation, TopDownCocoDataset
+from pose.data.heatmap import HeatmapCodec
+
+
+def data_path(cfg: Config, path: str) -> Path:
+    """A data path from the config: absolute as given, else relative to data.root."""
+    p = Path(path)
+    return p if p.is_absolute() else Path(cfg.data.root) / p
+
+
+def make_codec(cfg: Config) -> HeatmapCodec:
+    return HeatmapCodec(cfg.data.input_size, cfg.data.heatmap_stride, cfg.data.sigma,
+                        cfg.eval.decode)
+
+
+def build_dataset(cfg: Config, train: bool, use_gt_boxes: Optional[bool] = None,
+                  det_file: Optional[str] = None) -> TopDownCocoDataset:
+    """Training set (GT boxes, augmented) or evaluation set (GT or detector boxes)."""
+    d = cfg.data
+    if train:
+        aug = Augmentation(d.flip_prob, d.half_body_prob, d.scale_factor, d.rotation_factor,
+                           d.rotation_prob, d.photometric)
+        return TopDownCocoDataset(data_path(cfg, d.train_ann), data_path(cfg, d.train_images),
+                                  make_codec(cfg), train=True, augmentation=aug,
+                                  padding=d.padding, seed=cfg.runtime.seed)
+    gt_boxes = cfg.eval.use_gt_boxes if use_gt_boxes is None else use_gt_boxes
+    boxes = None if gt_boxes else str(data_path(cfg, det_file or d.det_file))
+    return TopDownCocoDataset(data_path(cfg, d.val_ann), data_path(cfg, d.val_images),
+                              make_codec(cfg), train=False, det_file=boxes,
+                              det_score_threshold=d.det_score_threshold, padding=d.padding)

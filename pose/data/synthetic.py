@@ -1,0 +1,240 @@
+"""A synthetic COCO-format person-keypoint dataset of articulated stick figures.
+
+    python -m pose.data.synthetic --out data/synthetic --train 1200 --val 200 --seed 0
+
+Writes (the same layout as COCO, see data/README.md):
+
+    OUT/annotations/person_keypoints_{train,val}.json
+    OUT/{train,val}/*.jpg
+    OUT/person_detection_results/val_detections.json
+
+Each image has a textured, noisy background, 1-3 figures facing the camera (the person's
+left is on the image's right) with random pose, size, limb thickness and colours, sometimes
+a rectangular occluder. Joints hidden by a later figure or an occluder are labelled v = 1,
+joints outside the image v = 0 (stored as 0, 0, 0), the others v = 2. ``bbox`` is the figure's
+silhouette extent inside the image and ``area`` its silhouette's pixel count, so every
+labelled joint lies inside its image and its box. The detector file holds jittered boxes of
+most figures with high scores plus low-scoring false positives. Output depends only on
+the arguments: the same seed gives byte-identical files.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from pose.data.keypoints import KEYPOINT_NAMES, NUM_KEYPOINTS, SKELETON
+
+# Image ids are deliberately unrelated to file names.
+ID_BASE = {"train": 100_000, "val": 900_000}
+ID_STEP = 7
+
+
+def _rot(angle: float) -> np.ndarray:
+    return np.array([math.sin(angle), math.cos(angle)])  # angle 0 points down (+y)
+
+
+def figure_keypoints(rng: np.random.Generator, height: float, hip: np.ndarray) -> np.ndarray:
+    """(17, 2) joint positions of a figure ``height`` pixels tall, hips centred at ``hip``."""
+    lean = rng.normal(0, 0.15)
+    up = -_rot(lean)  # unit vector from hips to neck
+    side = np.array([-up[1], up[0]])  # towards the figure's left = image right
+    if side[0] < 0:
+        side = -side
+    neck = hip + up * 0.30 * height
+    pts = np.zeros((NUM_KEYPOINTS, 2))
+    head = neck + up * 0.12 * height
+    pts[0] = head + side * rng.normal(0, 0.01) * height  # nose
+    pts[1], pts[2] = head + up * 0.025 * height + side * 0.025 * height, \
+        head + up * 0.025 * height - side * 0.025 * height
+    pts[3], pts[4] = head + side * 0.055 * height, head - side * 0.055 * height
+    pts[5], pts[6] = neck + side * 0.10 * height, neck - side * 0.10 * height
+    pts[11], pts[12] = hip + side * 0.06 * height, hip - side * 0.06 * height
+    for shoulder, elbow, wrist, sign in ((5, 7, 9, 1), (6, 8, 10, -1)):
+        a1 = lean + sign * rng.uniform(-0.3, 2.6)
+        a2 = a1 + sign * rng.uniform(-0.2, 2.2)
+        pts[elbow] = pts[shoulder] + _rot(a1) * 0.17 * height
+        pts[wrist] = pts[elbow] + _rot(a2) * 0.15 * height
+    for hip_j, knee, ankle, sign in ((11, 13, 15, 1), (12, 14, 16, -1)):
+        a1 = lean + sign * rng.uniform(-0.25, 0.9)
+        a2 = a1 - sign * rng.uniform(0.0, 1.2)
+        pts[knee] = pts[hip_j] + _rot(a1) * 0.24 * height
+        pts[ankle] = pts[knee] + _rot(a2) * 0.23 * height
+    return pts
+
+
+def draw_figure(canvas: np.ndarray, pts: np.ndarray, height: float,
+                rng: np.random.Generator) -> np.ndarray:
+    """Draw a figure on ``canvas`` (in place); returns its (H, W) bool silhouette."""
+    mask = np.zeros(canvas.shape[:2], np.uint8)
+    thickness = max(2, int(height * rng.uniform(0.035, 0.07)))
+    body = rng.integers(40, 256, 3)
+    left_tone = np.clip(body + rng.integers(40, 90), 0, 255)  # the left side is lighter
+    right_tone = np.clip(body - rng.integers(40, 90), 0, 255)
+    p = np.round(pts).astype(np.int32)
+    torso = np.array([p[5], p[6], p[12], p[11]])
+    cv2.fillConvexPoly(canvas, torso, [int(c) for c in body], cv2.LINE_AA)
+    cv2.fillConvexPoly(mask, torso, 255)
+    for a, b in SKELETON:
+        if {a, b} <= {5, 6, 11, 12} or a <= 4 and b <= 4:
+            continue  # torso edges are filled; the face gets a disc below
+        tone = left_tone if (a % 2 == 1 and a > 4) else right_tone if a > 4 else body
+        cv2.line(canvas, tuple(p[a]), tuple(p[b]), [int(c) for c in tone], thickness, cv2.LINE_AA)
+        cv2.line(mask, tuple(p[a]), tuple(p[b]), 255, thickness)
+    head_radius = max(3, int(0.075 * height))
+    center = tuple(np.round(pts[[0, 3, 4]].mean(0)).astype(np.int32))
+    cv2.circle(canvas, center, head_radius, [int(c) for c in body], -1, cv2.LINE_AA)
+    cv2.circle(mask, center, head_radius, 255, -1)
+    eye = [int(c) for c in (255 - body)]
+    for j in (1, 2, 0):
+        cv2.circle(canvas, tuple(p[j]), max(1, head_radius // 4), eye, -1)
+    for j in range(5, NUM_KEYPOINTS):  # joint dots, lighter on the left
+        tone = left_tone if j % 2 == 1 else right_tone
+        cv2.circle(canvas, tuple(p[j]), max(1, thickness // 2), [int(c) for c in tone], -1)
+    return mask > 0
+
+
+def background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    low = rng.integers(0, 256, (rng.integers(2, 6), rng.integers(2, 6), 3)).astype(np.uint8)
+    image = cv2.resize(low, (width, height), interpolation=cv2.INTER_CUBIC).astype(np.float32)
+    for _ in range(rng.integers(3, 10)):  # clutter
+        colour = [int(c) for c in rng.integers(0, 256, 3)]
+        x, y = int(rng.integers(0, width)), int(rng.integers(0, height))
+        if rng.random() < 0.5:
+            cv2.line(image, (x, y), (int(rng.integers(0, width)), int(rng.integers(0, height))),
+                     colour, int(rng.integers(1, 4)))
+        else:
+            cv2.circle(image, (x, y), int(rng.integers(3, 25)), colour, -1)
+    return image
+
+
+def make_image(rng: np.random.Generator, max_people: int = 3):
+    """One RGB image and its figures' annotations (without ids)."""
+    height, width = int(rng.integers(224, 385)), int(rng.integers(224, 385))
+    image = background(rng, height, width)
+    people = []
+    for _ in range(int(rng.integers(1, max_people + 1))):
+        size = rng.uniform(0.35, 0.85) * height
+        hip = np.array([rng.uniform(0.1, 0.9) * width, rng.uniform(0.35, 0.75) * height])
+        pts = figure_keypoints(rng, size, hip)
+        mask = draw_figure(image, pts, size, rng)
+        people.append((pts, mask))
+    occluder = np.zeros((height, width), bool)
+    if rng.random() < 0.3:
+        x0, y0 = int(rng.integers(0, width - 20)), int(rng.integers(0, height - 20))
+        w, h = int(rng.integers(15, width // 3)), int(rng.integers(15, height // 3))
+        image[y0:y0 + h, x0:x0 + w] = rng.integers(0, 256, 3)
+        occluder[y0:y0 + h, x0:x0 + w] = True
+    image = image + rng.normal(0, rng.uniform(2, 12), image.shape)
+    image = np.clip(image, 0, 255).astype(np.uint8)
+
+    annotations = []
+    for i, (pts, mask) in enumerate(people):
+        covered = occluder.copy()
+        for _, later in people[i + 1:]:
+            covered |= later
+        ys, xs = np.nonzero(mask)
+        if len(xs) == 0:
+            continue
+        keypoints = np.zeros((NUM_KEYPOINTS, 3))
+        for j, (x, y) in enumerate(pts):
+            xi, yi = int(round(x)), int(round(y))
+            if 0 <= xi < width and 0 <= yi < height:
+                keypoints[j] = (xi, yi, 1 if covered[yi, xi] else 2)
+        x0, y0, x1, y1 = xs.min(), ys.min(), xs.max(), ys.max()
+        annotations.append({
+            "keypoints": keypoints.astype(int).reshape(-1).tolist(),
+            "num_keypoints": int((keypoints[:, 2] > 0).sum()),
+            "bbox": [float(x0), float(y0), float(x1 - x0 + 1), float(y1 - y0 + 1)],
+            "area": float(len(xs)),
+            "iscrowd": 0,
+            "category_id": 1,
+        })
+    return cv2.cvtColor(image, cv2.COLOR_RGB2BGR), annotations
+
+
+def jitter_detections(rng: np.random.Generator, annotations, width: int, height: int):
+    detections = []
+    for ann in annotations:
+        if rng.random() < 0.05:
+            continue  # missed person
+        x, y, w, h = ann["bbox"]
+        cx = x + w / 2 + rng.normal(0, 0.05) * w
+        cy = y + h / 2 + rng.normal(0, 0.05) * h
+        w, h = w * math.exp(rng.normal(0, 0.08)), h * math.exp(rng.normal(0, 0.08))
+        detections.append(([cx - w / 2, cy - h / 2, w, h], rng.uniform(0.6, 1.0)))
+    for _ in range(int(rng.integers(0, 3))):  # false positives
+        w, h = rng.uniform(20, width / 2), rng.uniform(30, height / 2)
+        detections.append(([rng.uniform(0, width - w), rng.uniform(0, height - h), w, h],
+                           rng.uniform(0.05, 0.5)))
+    return [{"category_id": 1, "bbox": [round(float(v), 2) for v in box],
+             "score": round(float(score), 4)} for box, score in detections]
+
+
+def write_split(out: Path, split: str, count: int, seed: int) -> list[dict]:
+    """Write one split's images and annotation file; returns its detections."""
+    (out / split).mkdir(parents=True, exist_ok=True)
+    images, annotations, detections = [], [], []
+    split_code = {"train": 1, "val": 2}[split]
+    for i in range(count):
+        rng = np.random.default_rng([seed, split_code, i])
+        image, anns = make_image(rng)
+        image_id = ID_BASE[split] + ID_STEP * i
+        file_name = f"{split}_{i:06d}.jpg"
+        ok, encoded = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 92])
+        assert ok
+        (out / split / file_name).write_bytes(encoded.tobytes())
+        images.append({"id": image_id, "file_name": file_name, "height": image.shape[0],
+                       "width": image.shape[1]})
+        for ann in anns:
+            ann.update(id=len(annotations) + 1 + split_code * 10_000_000, image_id=image_id)
+            annotations.append(ann)
+        for det in jitter_detections(rng, anns, image.shape[1], image.shape[0]):
+            detections.append({"image_id": image_id, **det})
+    categories = [{"id": 1, "name": "person", "supercategory": "person",
+                   "keypoints": list(KEYPOINT_NAMES),
+                   "skeleton": [[a + 1, b + 1] for a, b in SKELETON]}]
+    dataset = {"info": {"description": f"dyrelu-pose synthetic stick figures, seed {seed}"},
+               "images": images, "annotations": annotations, "categories": categories}
+    (out / "annotations").mkdir(parents=True, exist_ok=True)
+    (out / "annotations" / f"person_keypoints_{split}.json").write_text(json.dumps(dataset))
+    return detections
+
+
+def generate(out: str | Path, train: int, val: int, seed: int = 0) -> Path:
+    out = Path(out)
+    write_split(out, "train", train, seed)
+    detections = write_split(out, "val", val, seed)
+    (out / "person_detection_results").mkdir(parents=True, exist_ok=True)
+    (out / "person_detection_results" / "val_detections.json").write_text(json.dumps(detections))
+    (out / "DONE").write_text(json.dumps({"train": train, "val": val, "seed": seed}) + "\n")
+    return out
+
+
+def ensure(out: str | Path, train: int, val: int, seed: int = 0) -> Path:
+    """Generate the dataset unless ``out`` already holds this exact one."""
+    out = Path(out)
+    marker = out / "DONE"
+    wanted = {"train": train, "val": val, "seed": seed}
+    if marker.is_file() and json.loads(marker.read_text()) == wanted:
+        return out
+    return generate(out, train, val, seed)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description="Write a synthetic COCO-format keypoint dataset")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--train", type=int, default=1200)
+    parser.add_argument("--val", type=int, default=200)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    generate(args.out, args.train, args.val, args.seed)
+    print(f"wrote {args.train} train and {args.val} val images to {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,81 @@
+"""Top-down geometry: person box -> centre/scale -> affine crop, and its inverse.
+
+Coordinates are image pixels with integer values at pixel centres (OpenCV's convention).
+``scale`` is the (width, height) in image pixels of the region that fills the crop.
+"""
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+
+from pose.data.keypoints import LOWER_BODY, UPPER_BODY, flip_permutation
+
+
+def box_to_center_scale(box, aspect_ratio: float, padding: float = 1.25):
+    """(x, y, w, h) box -> centre (2,) and scale (2,) with w/h = aspect_ratio, padded."""
+    x, y, w, h = (float(v) for v in box)
+    center = np.array([x + w * 0.5, y + h * 0.5], dtype=np.float64)
+    if w > aspect_ratio * h:
+        h = w / aspect_ratio
+    else:
+        w = h * aspect_ratio
+    return center, np.array([w, h], dtype=np.float64) * padding
+
+
+def crop_matrix(center, scale, rotation: float, output_size, flip: bool = False) -> np.ndarray:
+    """2x3 affine matrix from image pixels to crop pixels.
+
+    The region of size ``scale`` around ``center``, rotated by ``rotation`` degrees
+    (counter-clockwise in the image), fills an ``output_size`` (width, height) crop. With
+    ``flip`` the crop is mirrored: x_crop -> width - 1 - x_crop.
+    """
+    out_w, out_h = output_size
+    theta = math.radians(rotation)
+    sx, sy = out_w / scale[0], out_h / scale[1]
+    cos, sin = math.cos(theta), math.sin(theta)
+    # crop = S * R * (image - center) + crop_center, with crop_center at the crop's middle.
+    linear = np.array([[sx * cos, sx * sin], [-sy * sin, sy * cos]])
+    offset = np.array([(out_w - 1) * 0.5, (out_h - 1) * 0.5]) - linear @ np.asarray(center)
+    matrix = np.concatenate([linear, offset[:, None]], axis=1)
+    if flip:
+        matrix = np.array([[-1.0, 0.0, out_w - 1.0], [0.0, 1.0, 0.0]]) @ np.vstack(
+            [matrix, [0.0, 0.0, 1.0]])
+    return matrix
+
+
+def invert_affine(matrix: np.ndarray) -> np.ndarray:
+    return cv2.invertAffineTransform(matrix.astype(np.float64))
+
+
+def apply_affine(points: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    """Map points (..., P, 2) through a 2x3 matrix, or a batch (..., 2, 3) of them."""
+    matrix = np.asarray(matrix)
+    return np.einsum("...ij,...pj->...pi", matrix[..., :2], points) + matrix[..., None, :, 2]
+
+
+def warp(image: np.ndarray, matrix: np.ndarray, output_size) -> np.ndarray:
+    return cv2.warpAffine(image, matrix, (int(output_size[0]), int(output_size[1])),
+                          flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+
+
+def flip_keypoints_in_crop(keypoints: np.ndarray, width: int) -> np.ndarray:
+    """Mirror (K, D) keypoints in a crop of ``width`` pixels and swap left/right joints."""
+    flipped = keypoints[flip_permutation(len(keypoints))].copy()
+    flipped[:, 0] = width - 1 - flipped[:, 0]
+    return flipped
+
+
+def half_body_center_scale(keypoints: np.ndarray, visible: np.ndarray, aspect_ratio: float,
+                           rng: np.random.Generator, padding: float = 1.5):
+    """Centre/scale of the upper or lower body's visible joints, or None if too few."""
+    upper = [i for i in UPPER_BODY if visible[i] > 0]
+    lower = [i for i in LOWER_BODY if visible[i] > 0]
+    chosen = upper if (rng.random() < 0.5 and len(upper) > 2) or len(lower) <= 2 else lower
+    if len(chosen) < 2:
+        return None
+    points = keypoints[chosen, :2]
+    low, high = points.min(axis=0), points.max(axis=0)
+    box = (low[0], low[1], max(high[0] - low[0], 1.0), max(high[1] - low[1], 1.0))
+    return box_to_center_scale(box, aspect_ratio, padding)

@@ -1,0 +1,45 @@
+import numpy as np
+from pycocotools.coco import COCO
+
+from pose.data.synthetic import generate
+
+
+def test_same_seed_gives_byte_identical_files(tmp_path):
+    a = generate(tmp_path / "a", train=4, val=3, seed=11)
+    b = generate(tmp_path / "b", train=4, val=3, seed=11)
+    for name in ("annotations/person_keypoints_train.json",
+                 "annotations/person_keypoints_val.json",
+                 "person_detection_results/val_detections.json", "train/train_000002.jpg"):
+        assert (a / name).read_bytes() == (b / name).read_bytes()
+    c = generate(tmp_path / "c", train=4, val=3, seed=12)
+    assert (c / "annotations/person_keypoints_train.json").read_bytes() != \
+        (a / "annotations/person_keypoints_train.json").read_bytes()
+
+
+def test_labelled_keypoints_lie_inside_image_and_box(synthetic_data):
+    coco = COCO(str(synthetic_data / "annotations/person_keypoints_train.json"))
+    visibilities = set()
+    for ann in coco.dataset["annotations"]:
+        image = coco.imgs[ann["image_id"]]
+        k = np.array(ann["keypoints"]).reshape(17, 3)
+        labelled = k[:, 2] > 0
+        visibilities |= set(k[:, 2].tolist())
+        x, y, w, h = ann["bbox"]
+        assert (k[labelled, 0] >= 0).all() and (k[labelled, 0] < image["width"]).all()
+        assert (k[labelled, 1] >= 0).all() and (k[labelled, 1] < image["height"]).all()
+        assert (k[labelled, 0] >= x).all() and (k[labelled, 0] <= x + w).all()
+        assert (k[labelled, 1] >= y).all() and (k[labelled, 1] <= y + h).all()
+        assert (k[~labelled] == 0).all()
+        assert ann["num_keypoints"] == labelled.sum() and ann["area"] > 0
+    assert visibilities == {0, 1, 2}  # occluded and out-of-frame joints occur
+
+
+def test_detections_refer_to_val_images_and_include_false_positives(synthetic_data):
+    import json
+
+    coco = COCO(str(synthetic_data / "annotations/person_keypoints_val.json"))
+    detections = json.loads((synthetic_data / "person_detection_results/val_detections.json")
+                            .read_text())
+    assert {d["image_id"] for d in detections} <= set(coco.getImgIds())
+    assert min(d["score"] for d in detections) < 0.5 < max(d["score"] for d in detections)
+    coco.loadRes(detections)  # pycocotools accepts it as detection results

@@ -1,0 +1,66 @@
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from pose.data.heatmap import HeatmapCodec
+from pose.data.keypoints import FLIP_PAIRS, KEYPOINT_NAMES, flip_permutation
+from pose.data.transforms import (apply_affine, box_to_center_scale, crop_matrix,
+                                  flip_keypoints_in_crop, invert_affine, warp)
+
+
+def test_flip_pairs_swap_left_and_right_names():
+    for left, right in FLIP_PAIRS:
+        assert KEYPOINT_NAMES[left].replace("left", "right") == KEYPOINT_NAMES[right]
+    perm = flip_permutation()
+    assert (perm[perm] == np.arange(17)).all()
+
+
+def test_flipping_keypoints_twice_is_identity():
+    rng = np.random.default_rng(0)
+    keypoints = np.concatenate([rng.uniform(0, 191, (17, 2)), rng.integers(0, 3, (17, 1))], 1)
+    once = flip_keypoints_in_crop(keypoints, 192)
+    assert not np.allclose(once, keypoints)
+    np.testing.assert_allclose(flip_keypoints_in_crop(once, 192), keypoints, atol=1e-9)
+
+
+def test_flipping_heatmaps_back_twice_is_identity():
+    heatmaps = torch.randn(2, 17, 8, 6)
+    twice = HeatmapCodec.flip_back(HeatmapCodec.flip_back(heatmaps, False), False)
+    assert torch.equal(twice, heatmaps)
+
+
+def test_flipped_crop_matrix_mirrors_the_crop():
+    image = np.random.default_rng(1).integers(0, 255, (120, 90, 3), dtype=np.uint8)
+    center, scale = box_to_center_scale((10, 20, 50, 70), 0.75)
+    plain = warp(image, crop_matrix(center, scale, 17.0, (48, 64)), (48, 64))
+    mirrored = warp(image, crop_matrix(center, scale, 17.0, (48, 64), flip=True), (48, 64))
+    # Same sampling points; OpenCV's fixed-point bilinear weights may differ by one level.
+    assert np.abs(mirrored.astype(int) - cv2.flip(plain, 1)).max() <= 1
+
+
+@pytest.mark.parametrize("rotation,flip", [(0.0, False), (33.0, False), (-40.0, True)])
+def test_affine_round_trip_is_below_a_hundredth_of_a_pixel(rotation, flip):
+    rng = np.random.default_rng(2)
+    points = rng.uniform(0, 640, (100, 2))
+    center, scale = box_to_center_scale((100, 50, 200, 300), 0.75)
+    matrix = crop_matrix(center, scale, rotation, (192, 256), flip)
+    back = apply_affine(apply_affine(points, matrix), invert_affine(matrix))
+    assert np.abs(back - points).max() < 0.01
+
+
+def test_crop_matrix_maps_box_centre_to_crop_centre_and_box_to_crop():
+    center, scale = box_to_center_scale((100, 50, 150, 200), 192 / 256, padding=1.0)
+    assert scale[0] / scale[1] == pytest.approx(192 / 256)
+    matrix = crop_matrix(center, scale, 0.0, (192, 256))
+    np.testing.assert_allclose(apply_affine(center[None], matrix)[0], [95.5, 127.5])
+    corner = center - scale / 2
+    np.testing.assert_allclose(apply_affine(corner[None], matrix)[0], [-0.5, -0.5])
+
+
+def test_batched_apply_affine_matches_one_by_one():
+    rng = np.random.default_rng(3)
+    points, matrices = rng.normal(size=(4, 17, 2)), rng.normal(size=(4, 2, 3))
+    batched = apply_affine(points, matrices)
+    for i in range(4):
+        np.testing.assert_allclose(batched[i], apply_affine(points[i], matrices[i]))
