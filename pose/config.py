@@ -109,6 +109,7 @@ class RuntimeConfig:
     device: str = "auto"  # auto | cpu | cuda
     log_interval: int = 50
     channels_last: bool = False
+    num_threads: int = 0  # torch CPU threads; 0 = PyTorch's default
 
 
 @dataclass
@@ -257,6 +258,11 @@ def config_from_dict(values: dict) -> Config:
             parse_activation(spec)
         except ValueError as error:
             raise ConfigError(f"config key '{key}': {error}") from None
+    if config.model.type == "pose":
+        size = config.data.input_size
+        if len(size) != 2 or any(v <= 0 or v % 32 for v in size):
+            raise ConfigError(f"config key 'data.input_size': {size} must be [height, width], "
+                              f"each a positive multiple of 32 (the backbone's stride)")
     return config
 
 

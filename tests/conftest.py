@@ -18,4 +18,4 @@ def synthetic_data(tmp_path_factory) -> Path:
     """A small synthetic COCO-format dataset, made once per test session."""
     from pose.data.synthetic import generate
 
-    return generate(tmp_path_factory.mktemp("synthetic"), train=24, val=8, seed=3)
+    return generate(tmp_path_factory.mktemp("synthetic"), train=24, val=9, seed=3)

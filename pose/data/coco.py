@@ -127,6 +127,7 @@ class TopDownCocoDataset(Dataset):
         height, width = codec.input_size
         self.aspect_ratio = width / height
         self.epoch = 0
+        self.det_source = str(det_file) if det_file and not train else None
         self.samples = (self._detection_samples(det_file, det_score_threshold)
                         if det_file and not train else self._gt_samples())
         self.photometric = A.Compose([

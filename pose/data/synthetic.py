@@ -1,6 +1,6 @@
 """A synthetic COCO-format person-keypoint dataset of articulated stick figures.
 
-    python -m pose.data.synthetic --out data/synthetic --train 1200 --val 200 --seed 0
+    python -m pose.data.synthetic --out data/synthetic --train 800 --val 200 --seed 0
 
 Writes (the same layout as COCO, see data/README.md):
 
@@ -228,12 +228,15 @@ def ensure(out: str | Path, train: int, val: int, seed: int = 0) -> Path:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description="Write a synthetic COCO-format keypoint dataset")
     parser.add_argument("--out", required=True)
-    parser.add_argument("--train", type=int, default=1200)
+    parser.add_argument("--train", type=int, default=800)
     parser.add_argument("--val", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--force", action="store_true",
+                        help="write even if OUT already holds this exact dataset")
     args = parser.parse_args(argv)
-    generate(args.out, args.train, args.val, args.seed)
-    print(f"wrote {args.train} train and {args.val} val images to {args.out}")
+    make = generate if args.force else ensure
+    make(args.out, args.train, args.val, args.seed)
+    print(f"{args.out} holds {args.train} train and {args.val} val images (seed {args.seed})")
 
 
 if __name__ == "__main__":

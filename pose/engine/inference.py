@@ -25,6 +25,7 @@ def model_heatmaps(model: nn.Module, device: torch.device, flip_test: bool = Tru
             return model(images).float()
 
     def heatmaps(batch: dict) -> torch.Tensor:
+        model.eval()  # BatchNorm running statistics, whatever mode training left
         images = batch["image"].to(device, non_blocking=True)
         output = run(images)
         if flip_test:

@@ -1,0 +1,281 @@
+"""Training and testing runs, shared by tools/train.py, tools/test.py and the grid.
+
+A run folder holds: config.yaml (the resolved config), latest.pth (every epoch), best.pth
+(best AP), epoch_N.pth (if configured), log.jsonl (one JSON object per logged step, epoch and
+evaluation), tb/ (TensorBoard), results.json (COCO results of the last evaluation) and, once
+the run is complete, metrics.json.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
+
+from pose.complexity import count_parameters
+from pose.config import Config, save_config
+from pose.data.build import build_dataset
+from pose.engine.checkpoint import (load_checkpoint, model_weights, rng_state, save_checkpoint,
+                                    set_rng_state)
+from pose.engine.distributed import (DistInfo, barrier, broadcast_buffers, cleanup,
+                                     init_distributed)
+from pose.engine.evaluate import evaluate
+from pose.engine.inference import model_heatmaps, target_heatmaps
+from pose.engine.loop import build_optimizer, build_scheduler, train_one_epoch
+from pose.errors import PoseError
+from pose.evaluation.coco_eval import format_stats
+from pose.models import build_model
+from pose.utils import atomic_write_json
+
+AMP_DTYPES = {"none": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def resolve_device(cfg: Config) -> torch.device:
+    wanted = cfg.runtime.device
+    if wanted == "cuda" and not torch.cuda.is_available():
+        raise PoseError("runtime.device is 'cuda' but no CUDA device is available")
+    if wanted == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+
+
+def make_loader(dataset, batch_size: int, train: bool, info: DistInfo, num_workers: int,
+                seed: int, device: torch.device) -> DataLoader:
+    """Shuffled by (seed, epoch) through a DistributedSampler even on one process, so the
+    order depends only on the epoch: runs resume onto the same batches."""
+    sampler = DistributedSampler(dataset, num_replicas=info.world_size, rank=info.rank,
+                                 shuffle=train, seed=seed, drop_last=False)
+    per_rank = len(dataset) // info.world_size
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+                      pin_memory=device.type == "cuda",
+                      drop_last=train and per_rank >= batch_size)
+
+
+class RunLog:
+    """log.jsonl and TensorBoard scalars, written by rank 0 only."""
+
+    def __init__(self, work_dir: Path, enabled: bool) -> None:
+        self.enabled = enabled
+        self.path = work_dir / "log.jsonl"
+        self.writer = None
+        if enabled:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(work_dir / "tb"))
+
+    def __call__(self, kind: str, record: dict, step: int) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"kind": kind, "time": time.time(), **record}) + "\n")
+        for key, value in record.items():
+            if isinstance(value, (int, float)) and key not in ("epoch", "iter", "step"):
+                self.writer.add_scalar(f"{kind}/{key}", value, step)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def say(info: DistInfo, message: str) -> None:
+    if info.is_main:
+        print(message, flush=True)
+
+
+def _set_threads(cfg: Config) -> None:
+    if cfg.runtime.num_threads > 0:
+        torch.set_num_threads(cfg.runtime.num_threads)
+
+
+def run_training(cfg: Config, work_dir: str | Path, resume: bool = False) -> Optional[dict]:
+    """Train and evaluate as configured; returns metrics.json's content on rank 0."""
+    work_dir = Path(work_dir)
+    device = resolve_device(cfg)
+    info = init_distributed(device.type)
+    try:
+        return _train(cfg, work_dir, resume, device, info)
+    finally:
+        cleanup()
+
+
+def _train(cfg: Config, work_dir: Path, resume: bool, device: torch.device,
+           info: DistInfo) -> Optional[dict]:
+    _set_threads(cfg)
+    seed_everything(cfg.runtime.seed, cfg.runtime.deterministic)
+    metrics_path = work_dir / "metrics.json"
+    if resume and metrics_path.is_file():
+        finished = json.loads(metrics_path.read_text())
+        if finished.get("epochs") == cfg.train.epochs:
+            say(info, f"{work_dir} is complete (metrics.json exists); nothing to do")
+            return finished
+    train_set = build_dataset(cfg, train=True)
+    val_set = build_dataset(cfg, train=False)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    if info.is_main:
+        save_config(cfg, work_dir / "config.yaml")
+
+    model = build_model(cfg.model).to(device)
+    if cfg.runtime.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if cfg.train.sync_bn and info.enabled:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    t = cfg.train
+    train_loader = make_loader(train_set, t.batch_size, True, info, cfg.data.num_workers,
+                               cfg.runtime.seed, device)
+    val_loader = make_loader(val_set, cfg.eval.batch_size, False, info, cfg.data.num_workers,
+                             cfg.runtime.seed, device)
+    if len(train_loader) == 0:
+        raise PoseError(f"training set {train_set.ann_file} yields no batch of {t.batch_size}")
+    iters_per_epoch = min(len(train_loader), t.max_iters_per_epoch or len(train_loader))
+    optimizer = build_optimizer(model, t)
+    scheduler = build_scheduler(optimizer, iters_per_epoch, t)
+    amp_dtype = AMP_DTYPES[t.amp]
+    scaler = torch.amp.GradScaler(device.type, enabled=t.amp == "fp16")
+
+    start_epoch, best_ap, best_epoch, train_time = 0, -1.0, 0, 0.0
+    latest = work_dir / "latest.pth"
+    if resume and latest.is_file():
+        state = load_checkpoint(latest)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        start_epoch, best_ap, best_epoch = state["epoch"], state["best_ap"], state["best_epoch"]
+        train_time = state["train_time"]
+        set_rng_state(state["rng"])
+        say(info, f"resumed from {latest} after epoch {start_epoch}")
+    train_model = model
+    if info.enabled:
+        train_model = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    log = RunLog(work_dir, info.is_main)
+    heatmap_fn = model_heatmaps(model, device, cfg.eval.flip_test, cfg.eval.shift_heatmap,
+                                amp_dtype, cfg.runtime.channels_last)
+    say(info, f"training {cfg.model.backbone.act} / {cfg.model.head.act}: "
+              f"{count_parameters(model) / 1e6:.2f}M params, {len(train_set)} train samples, "
+              f"{iters_per_epoch} iterations x {t.epochs} epochs, "
+              f"{info.world_size} process(es) on {device.type}, work dir {work_dir}")
+    stats, evaluated = None, False
+    try:
+        for epoch in range(start_epoch, t.epochs):
+            train_loader.sampler.set_epoch(epoch)
+            train_set.set_epoch(epoch)
+            epoch_stats = train_one_epoch(
+                train_model, train_loader, optimizer, scheduler, scaler, device, epoch, t,
+                amp_dtype, cfg.runtime.channels_last, show_progress=info.is_main,
+                on_log=lambda r: log("train", r, r["step"]),
+                log_interval=cfg.runtime.log_interval)
+            train_time += epoch_stats["epoch_time"]
+            log("epoch", {"epoch": epoch + 1, **epoch_stats}, epoch + 1)
+            say(info, f"epoch {epoch + 1}/{t.epochs}: loss {epoch_stats['loss']:.3e}, "
+                      f"{epoch_stats['img_per_s']:.1f} img/s")
+            if (epoch + 1) % cfg.eval.interval == 0 or epoch + 1 == t.epochs:
+                broadcast_buffers(model, info)
+                stats = evaluate(heatmap_fn, val_loader, val_set, cfg.eval, info,
+                                 work_dir / "results.json", progress=True)
+                evaluated = True
+                if info.is_main:
+                    log("eval", {"epoch": epoch + 1, **stats}, epoch + 1)
+                    say(info, f"epoch {epoch + 1} evaluation:\n{format_stats(stats)}")
+                    if stats["AP"] > best_ap:
+                        best_ap, best_epoch = stats["AP"], epoch + 1
+                        save_checkpoint({"model": model.state_dict(), "epoch": epoch + 1,
+                                         "AP": best_ap}, work_dir / "best.pth")
+            if info.is_main:
+                state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                         "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                         "epoch": epoch + 1, "best_ap": best_ap, "best_epoch": best_epoch,
+                         "train_time": train_time, "rng": rng_state(),
+                         "config": cfg.to_dict()}
+                save_checkpoint(state, latest)
+                if t.checkpoint_interval and (epoch + 1) % t.checkpoint_interval == 0:
+                    save_checkpoint(state, work_dir / f"epoch_{epoch + 1}.pth")
+            barrier(info)
+        if not evaluated:
+            # Resumed after the last epoch's checkpoint but before metrics.json was written.
+            stats = evaluate(heatmap_fn, val_loader, val_set, cfg.eval, info,
+                             work_dir / "results.json")
+    finally:
+        log.close()
+    if not info.is_main:
+        return None
+    metrics = {"final": stats, "best": {"AP": best_ap, "epoch": best_epoch},
+               "epochs": t.epochs, "train_time_s": round(train_time, 1),
+               "params": count_parameters(model), "world_size": info.world_size,
+               "boxes": "gt" if cfg.eval.use_gt_boxes else cfg.data.det_file,
+               "flip_test": cfg.eval.flip_test}
+    atomic_write_json(metrics_path, metrics)
+    return metrics
+
+
+def run_test(cfg: Config, work_dir: str | Path, checkpoint: Optional[str] = None,
+             oracle: bool = False, use_gt_boxes: Optional[bool] = None,
+             det_file: Optional[str] = None) -> Optional[dict]:
+    """Evaluate a checkpoint (or, with ``oracle``, the encoded targets) on the val set."""
+    work_dir = Path(work_dir)
+    device = resolve_device(cfg)
+    info = init_distributed(device.type)
+    try:
+        _set_threads(cfg)
+        if oracle:
+            use_gt_boxes = True  # targets exist only for annotated people
+        state = None if oracle else load_checkpoint(checkpoint)
+        dataset = build_dataset(cfg, train=False, use_gt_boxes=use_gt_boxes, det_file=det_file)
+        loader = make_loader(dataset, cfg.eval.batch_size, False, info, cfg.data.num_workers,
+                             cfg.runtime.seed, device)
+        if oracle:
+            heatmap_fn = target_heatmaps
+        else:
+            model = build_model(cfg.model)
+            try:
+                model.load_state_dict(model_weights(state))
+            except RuntimeError as error:
+                raise PoseError(f"checkpoint {checkpoint} does not fit the config's model: "
+                                f"{str(error).splitlines()[0]}") from None
+            model.to(device).eval()
+            if cfg.runtime.channels_last:
+                model = model.to(memory_format=torch.channels_last)
+            heatmap_fn = model_heatmaps(model, device, cfg.eval.flip_test,
+                                        cfg.eval.shift_heatmap, AMP_DTYPES[cfg.train.amp],
+                                        cfg.runtime.channels_last)
+        if info.is_main:
+            work_dir.mkdir(parents=True, exist_ok=True)
+        barrier(info)
+        gt = cfg.eval.use_gt_boxes if use_gt_boxes is None else use_gt_boxes
+        boxes = "ground-truth boxes" if gt else f"detector boxes from {dataset.det_source}"
+        flip = "on" if cfg.eval.flip_test and not oracle else "off"
+        say(info, f"evaluating {'the oracle (encoded targets)' if oracle else checkpoint} on "
+                  f"{len(dataset)} {boxes}, flip test {flip}, {info.world_size} process(es)")
+        stats = evaluate(heatmap_fn, loader, dataset, cfg.eval, info,
+                         work_dir / "results.json", progress=True)
+        if not info.is_main:
+            return None
+        metrics = {"final": stats, "checkpoint": None if oracle else str(checkpoint),
+                   "oracle": oracle, "boxes": "gt" if gt else dataset.det_source,
+                   "flip_test": flip == "on", "samples": len(dataset)}
+        atomic_write_json(work_dir / "metrics.json", metrics)
+        say(info, format_stats(stats))
+        say(info, f"wrote {work_dir / 'results.json'} and {work_dir / 'metrics.json'}")
+        return metrics
+    finally:
+        cleanup()

@@ -1,0 +1,280 @@
+"""The N x N backbone/head activation grid (the paper's Table 2 for N = 4).
+
+Each cell is an ordinary training run (tools/train.py --resume in its own folder), so a grid
+is resumable and idempotent: a cell with a complete metrics.json is never run again, an
+interrupted one resumes from its latest.pth, and a failing one is reported with its log
+while the others go on. Cells run as local subprocesses (--jobs at a time, one GPU group
+each with --gpus) or as Slurm jobs through submitit.
+"""
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import yaml
+
+from pose.config import Config, load_config
+from pose.models.activations import _REGISTRY, parse_activation
+
+DEFAULT_ACTS = ("relu", "dyrelu_a", "dyrelu_b", "dyrelu_c")
+TOOLS = Path(__file__).resolve().parents[1] / "tools"
+
+# Supplementary Table 2 (AP x 100): PAPER_AP[backbone][head].
+PAPER_AP = {
+    "relu": {"relu": 59.2, "dyrelu_a": 57.0, "dyrelu_b": 58.4, "dyrelu_c": 61.0},
+    "dyrelu_a": {"relu": 58.8, "dyrelu_a": 51.5, "dyrelu_b": 56.5, "dyrelu_c": 62.4},
+    "dyrelu_b": {"relu": 61.5, "dyrelu_a": 54.3, "dyrelu_b": 58.6, "dyrelu_c": 63.2},
+    "dyrelu_c": {"relu": 61.9, "dyrelu_a": 53.5, "dyrelu_b": 58.8, "dyrelu_c": 63.3},
+}
+PRETTY = {"relu": "ReLU", "dyrelu_a": "DY-ReLU-A", "dyrelu_b": "DY-ReLU-B",
+          "dyrelu_c": "DY-ReLU-C"}
+
+
+def parse_acts(text: str) -> list[Any]:
+    """'relu,dyrelu_c' or a YAML list ('[relu, {name: dyrelu_c, k: 3}]') -> specs."""
+    text = text.strip()
+    specs = yaml.safe_load(text) if text.startswith("[") else \
+        [part.strip() for part in text.split(",") if part.strip()]
+    for spec in specs:
+        parse_activation(spec)  # raises ValueError naming the bad name or option
+    return specs
+
+
+def act_label(spec: Any) -> str:
+    """A short folder-safe name: 'dyrelu_c', or 'dyrelu_c-k3-reduction8' with options."""
+    name, options = parse_activation(spec)
+    parts = [name] + [f"{key}{value}" for key, value in sorted(options.items())]
+    return re.sub(r"[^A-Za-z0-9_.-]", "", "-".join(parts))
+
+
+def pretty_label(spec: Any) -> str:
+    name, options = parse_activation(spec)
+    text = PRETTY.get(name, name)
+    return text + (f" ({', '.join(f'{k}={v}' for k, v in options.items())})" if options else "")
+
+
+def resolved_activation(spec: Any) -> dict[str, Any]:
+    """The spec with every option the builder would use, defaults included."""
+    name, options = parse_activation(spec)
+    builder = _REGISTRY[name][0]
+    if name.startswith("dyrelu"):
+        from pose.models.activations import DyReLU
+
+        builder = DyReLU.__init__
+    defaults = {p.name: p.default for p in inspect.signature(builder).parameters.values()
+                if p.default is not inspect.Parameter.empty and p.name != "variant"}
+    return {"name": name, **defaults, **options}
+
+
+@dataclass
+class Cell:
+    backbone: Any
+    head: Any
+    folder: Path
+    overrides: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.folder.name
+
+    @property
+    def log_path(self) -> Path:
+        return self.folder / "train.log"
+
+    def is_complete(self, epochs: int) -> bool:
+        metrics = self.folder / "metrics.json"
+        if not metrics.is_file():
+            return False
+        try:
+            return json.loads(metrics.read_text()).get("epochs") == epochs
+        except json.JSONDecodeError:
+            return False
+
+
+def make_cells(acts: Sequence[Any], out: Path, overrides: Sequence[str]) -> list[Cell]:
+    cells = []
+    for backbone in acts:
+        for head in acts:
+            cell_overrides = list(overrides) + [f"model.backbone.act={json.dumps(backbone)}",
+                                                f"model.head.act={json.dumps(head)}"]
+            folder = out / f"{act_label(backbone)}__{act_label(head)}"
+            cells.append(Cell(backbone, head, folder, cell_overrides))
+    return cells
+
+
+def train_command(config: str | Path, cell: Cell, gpus_per_cell: int = 1,
+                  port: Optional[int] = None) -> list[str]:
+    command = [str(TOOLS / "train.py"), "--config", str(config), "--work-dir", str(cell.folder),
+               "--resume"]
+    for override in cell.overrides:
+        command += ["--set", override]
+    if gpus_per_cell > 1:
+        launcher = [sys.executable, "-m", "torch.distributed.run",
+                    f"--nproc_per_node={gpus_per_cell}", f"--master_port={port or 29500}"]
+        return launcher + command
+    return [sys.executable] + command
+
+
+def run_cell_process(command: list[str], log_path: str, env: dict[str, str]) -> int:
+    """Run one cell's training, its output going to its log file; returns the exit code."""
+    Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "a") as log:
+        log.write(f"\n$ {' '.join(command)}\n")
+        log.flush()
+        return subprocess.run(command, stdout=log, stderr=subprocess.STDOUT,
+                              env={**os.environ, **env}).returncode
+
+
+class GridLog:
+    """grid_log.jsonl: one line per cell event (skipped, started, finished, failed)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.lock = path, threading.Lock()
+
+    def __call__(self, event: str, cell: Cell, **extra) -> None:
+        record = {"time": time.time(), "event": event, "cell": cell.name, **extra}
+        with self.lock:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+        detail = f" ({extra['reason']})" if "reason" in extra else ""
+        print(f"[grid] {cell.name}: {event}{detail}", flush=True)
+
+
+def _cell_env(gpus: Optional[Sequence[str]], threads: int) -> dict[str, str]:
+    env = {"OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
+    if gpus is not None:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
+    return env
+
+
+def run_local(config, cells: list[Cell], jobs: int, gpus: Optional[list[str]],
+              gpus_per_cell: int, log: GridLog) -> dict[str, str]:
+    """Run cells as subprocesses, ``jobs`` at a time; returns {cell name: status}."""
+    groups = None
+    if gpus:
+        groups = [gpus[i:i + gpus_per_cell] for i in range(0, len(gpus), gpus_per_cell)]
+        groups = [g for g in groups if len(g) == gpus_per_cell]
+        jobs = min(jobs, len(groups))
+    free = list(range(jobs))
+    lock = threading.Lock()
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    status: dict[str, str] = {}
+
+    def work(cell: Cell) -> None:
+        with lock:
+            slot = free.pop()
+        try:
+            group = groups[slot] if groups else None
+            port = 29500 + 17 * slot
+            command = train_command(config, cell, gpus_per_cell if group else 1, port)
+            log("started", cell, log=str(cell.log_path), gpus=group)
+            code = run_cell_process(command, str(cell.log_path), _cell_env(group, threads))
+            status[cell.name] = "finished" if code == 0 else "failed"
+            if code == 0:
+                log("finished", cell)
+            else:
+                log("failed", cell, reason=f"exit code {code}, see {cell.log_path}")
+        finally:
+            with lock:
+                free.append(slot)
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        list(pool.map(work, cells))
+    return status
+
+
+def run_submitit(config, cells: list[Cell], executor, gpus_per_cell: int,
+                 log: GridLog) -> dict[str, str]:
+    """Submit one job per cell through a submitit executor (Slurm, or local for tests)."""
+    status: dict[str, str] = {}
+    submitted = []
+    with executor.batch():
+        for cell in cells:
+            command = train_command(config, cell, 1)  # one task per GPU is Slurm's job
+            job = executor.submit(run_cell_process, command, str(cell.log_path),
+                                  {"PYTHONUNBUFFERED": "1"})
+            submitted.append((cell, job))
+    for cell, job in submitted:
+        log("started", cell, log=str(cell.log_path), job_id=str(job.job_id))
+    for cell, job in submitted:
+        try:
+            code = job.result()
+        except Exception as error:  # the job itself died (node failure, timeout, ...)
+            code, reason = -1, f"{type(error).__name__}: {str(error).splitlines()[0]}"
+        else:
+            reason = f"exit code {code}, see {cell.log_path}"
+        status[cell.name] = "finished" if code == 0 else "failed"
+        if code == 0:
+            log("finished", cell)
+        else:
+            log("failed", cell, reason=reason)
+    return status
+
+
+def slurm_executor(out: Path, gpus_per_cell: int, timeout_min: int, partition: Optional[str]):
+    import submitit
+
+    executor = submitit.AutoExecutor(folder=str(out / "slurm" / "%j"), cluster="slurm")
+    params = {"timeout_min": timeout_min, "gpus_per_node": gpus_per_cell,
+              "tasks_per_node": 1, "cpus_per_task": max(4, 8 * gpus_per_cell),
+              "name": "dyrelu-grid"}
+    if partition:
+        params["slurm_partition"] = partition
+    executor.update_parameters(**params)
+    return executor
+
+
+def run_grid(config: str | Path, acts: Sequence[Any], out: str | Path,
+             overrides: Sequence[str] = (), jobs: int = 1, gpus: Optional[list[str]] = None,
+             gpus_per_cell: int = 1, launcher: str = "local", executor=None,
+             slurm_timeout_min: int = 72 * 60, slurm_partition: Optional[str] = None) -> dict:
+    """Run every cell that is not complete, then write the tables; returns table2.json."""
+    from pose.report import write_tables
+
+    out = Path(out)
+    cfg = load_config(config, overrides)
+    cells = make_cells(acts, out, overrides)
+    log = GridLog(out / "grid_log.jsonl")
+    todo = []
+    for cell in cells:
+        if cell.is_complete(cfg.train.epochs):
+            log("skipped", cell, reason="complete")
+        else:
+            todo.append(cell)
+    status = {cell.name: "finished" for cell in cells if cell not in todo}
+    if todo:
+        if launcher == "local" and executor is None:
+            status.update(run_local(config, todo, jobs, gpus, gpus_per_cell, log))
+        else:
+            if executor is None:
+                executor = slurm_executor(out, gpus_per_cell, slurm_timeout_min,
+                                          slurm_partition)
+            status.update(run_submitit(config, todo, executor, gpus_per_cell, log))
+    return write_tables(cfg, acts, cells, status, out)
+
+
+def describe(config: str | Path, acts: Sequence[Any], out: str | Path,
+             overrides: Sequence[str] = ()) -> str:
+    """The --dry-run listing: each cell's resolved activations and run folder."""
+    out = Path(out)
+    cfg: Config = load_config(config, overrides)
+    lines = [f"{len(acts)}x{len(acts)} grid from {config}: {cfg.train.epochs} epochs, "
+             f"input {cfg.data.input_size[0]}x{cfg.data.input_size[1]}, data {cfg.data.root}"]
+    for cell in make_cells(acts, out, overrides):
+        lines.append(f"{cell.name}\n    backbone: {resolved_activation(cell.backbone)}\n"
+                     f"    head:     {resolved_activation(cell.head)}\n"
+                     f"    folder:   {cell.folder}"
+                     f"{'  (complete)' if cell.is_complete(cfg.train.epochs) else ''}")
+    return "\n".join(lines)
+

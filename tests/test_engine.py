@@ -1,0 +1,164 @@
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from pose.config import load_config
+from pose.engine import runner
+from pose.engine.checkpoint import load_checkpoint
+from pose.engine.loop import NonFiniteLossError, lr_factor
+
+from conftest import ROOT
+
+SYNTHETIC_CONFIG = ROOT / "configs/synthetic/mobilenetv2_x0.5_128x96.yaml"
+
+
+def tiny_overrides(data_root, **extra):
+    """A model and schedule small enough for a few seconds of CPU per epoch."""
+    values = {
+        "data.root": str(data_root), "data.input_size": "[96, 64]", "data.num_workers": 0,
+        "train.batch_size": 8, "train.max_iters_per_epoch": 3, "train.warmup_iters": 2,
+        "train.milestones": "[2]", "train.epochs": 3, "eval.interval": 100,
+        "eval.batch_size": 16, "runtime.deterministic": True, "runtime.num_threads": 1,
+        "runtime.log_interval": 1, "model.head.channels": "[32, 16, 16]",
+        "model.backbone.act": "dyrelu_b", "model.head.act": "dyrelu_c",
+    }
+    values.update(extra)
+    return [f"{key}={value}" for key, value in values.items()]
+
+
+def tiny_config(data_root, **extra):
+    return load_config(SYNTHETIC_CONFIG, tiny_overrides(data_root, **extra))
+
+
+def test_lr_schedule_warms_up_then_decays_at_milestones():
+    cfg = load_config(SYNTHETIC_CONFIG, ["train.warmup_iters=10", "train.warmup_ratio=0.1",
+                                         "train.milestones=[2, 3]", "train.gamma=0.5"])
+    assert lr_factor(0, 100, cfg.train) == pytest.approx(0.1)
+    assert lr_factor(5, 100, cfg.train) == pytest.approx(0.55)
+    assert lr_factor(199, 100, cfg.train) == 1.0
+    assert lr_factor(200, 100, cfg.train) == 0.5
+    assert lr_factor(300, 100, cfg.train) == 0.25
+
+
+def test_training_writes_the_run_folder(synthetic_data, tmp_path):
+    metrics = runner.run_training(tiny_config(synthetic_data), tmp_path / "run")
+    run = tmp_path / "run"
+    for name in ("config.yaml", "latest.pth", "best.pth", "log.jsonl", "results.json",
+                 "metrics.json"):
+        assert (run / name).is_file(), name
+    assert set(metrics["final"]) >= {"AP", "AP50", "AP75", "APM", "APL", "AR"}
+    assert json.loads((run / "metrics.json").read_text()) == metrics
+    kinds = [json.loads(line)["kind"] for line in (run / "log.jsonl").read_text().splitlines()]
+    assert kinds.count("epoch") == 3 and kinds.count("eval") == 1
+    state = load_checkpoint(run / "latest.pth")
+    assert state["epoch"] == 3 and "optimizer" in state and "rng" in state
+    assert any(p.name.startswith("events") for p in (run / "tb").iterdir())
+
+
+def test_resumed_training_equals_uninterrupted_training(synthetic_data, tmp_path, monkeypatch):
+    cfg = tiny_config(synthetic_data)
+    runner.run_training(cfg, tmp_path / "straight")
+
+    calls = {"n": 0}
+    real_epoch = runner.train_one_epoch
+
+    def interrupted(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt  # stopped during the last epoch
+        return real_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "train_one_epoch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        runner.run_training(cfg, tmp_path / "resumed")
+    assert load_checkpoint(tmp_path / "resumed/latest.pth")["epoch"] == 2
+    monkeypatch.setattr(runner, "train_one_epoch", real_epoch)
+    runner.run_training(cfg, tmp_path / "resumed", resume=True)
+
+    straight = load_checkpoint(tmp_path / "straight/latest.pth")
+    resumed = load_checkpoint(tmp_path / "resumed/latest.pth")
+    assert resumed["epoch"] == straight["epoch"] == 3
+    for key, value in straight["model"].items():
+        assert torch.equal(value, resumed["model"][key]), key
+    assert json.loads((tmp_path / "straight/metrics.json").read_text())["final"] == \
+        json.loads((tmp_path / "resumed/metrics.json").read_text())["final"]
+
+
+def test_resume_of_a_finished_run_does_nothing(synthetic_data, tmp_path, monkeypatch):
+    cfg = tiny_config(synthetic_data, **{"train.epochs": 1})
+    runner.run_training(cfg, tmp_path / "run")
+    before = (tmp_path / "run/latest.pth").stat().st_mtime_ns
+    monkeypatch.setattr(runner, "train_one_epoch", lambda *a, **k: pytest.fail("re-trained"))
+    runner.run_training(cfg, tmp_path / "run", resume=True)
+    assert (tmp_path / "run/latest.pth").stat().st_mtime_ns == before
+
+
+def test_non_finite_loss_stops_with_the_iteration_and_keeps_last_checkpoint(
+        synthetic_data, tmp_path, monkeypatch):
+    import pose.engine.loop as loop
+
+    real_loss, calls = loop.heatmap_loss, {"n": 0}
+
+    def loss_that_explodes(*args):
+        calls["n"] += 1
+        value = real_loss(*args)
+        return value * float("nan") if calls["n"] == 5 else value  # epoch 2, iteration 2
+
+    monkeypatch.setattr(loop, "heatmap_loss", loss_that_explodes)
+    with pytest.raises(NonFiniteLossError, match="epoch 2, iteration 2"):
+        runner.run_training(tiny_config(synthetic_data), tmp_path / "run")
+    assert load_checkpoint(tmp_path / "run/latest.pth")["epoch"] == 1
+
+
+def test_bf16_autocast_training_runs_on_cpu(synthetic_data, tmp_path):
+    metrics = runner.run_training(tiny_config(synthetic_data, **{"train.amp": "bf16",
+                                                                 "train.epochs": 1}),
+                                  tmp_path / "run")
+    log = [json.loads(x) for x in (tmp_path / "run/log.jsonl").read_text().splitlines()]
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in log if r["kind"] == "train")
+    assert metrics["final"] is not None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ddp_on_two_cpu_processes_matches_single_process_evaluation(synthetic_data, tmp_path):
+    overrides = tiny_overrides(synthetic_data, **{"train.epochs": 1})
+    set_args = [arg for o in overrides for arg in ("--set", o)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    ddp = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+         f"--master_port={free_port()}", str(ROOT / "tools/train.py"), "--config",
+         str(SYNTHETIC_CONFIG), "--work-dir", str(tmp_path / "ddp"), *set_args],
+        capture_output=True, text=True, env=env, timeout=600)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    metrics = json.loads((tmp_path / "ddp/metrics.json").read_text())
+    assert metrics["world_size"] == 2
+    log = [json.loads(x) for x in (tmp_path / "ddp/log.jsonl").read_text().splitlines()]
+    assert sum(r["kind"] == "eval" for r in log) == 1
+
+    single = runner.run_test(load_config(SYNTHETIC_CONFIG, overrides), tmp_path / "single",
+                             checkpoint=str(tmp_path / "ddp/latest.pth"))
+    assert single["final"] == pytest.approx(metrics["final"], abs=1e-6)
+    # An odd number of boxes: the sampler pads rank 1's shard with a duplicate, which the
+    # evaluation must drop.
+    assert single["samples"] % 2 == 1
+    ddp_results = json.loads((tmp_path / "ddp/results.json").read_text())
+    single_results = json.loads((tmp_path / "single/results.json").read_text())
+    assert len(ddp_results) == len(single_results)
+
+    def ordered(results):
+        # Untrained scores tie often: order ties by their keypoints.
+        return sorted(results, key=lambda r: (r["image_id"], r["score"], r["keypoints"]))
+
+    for a, b in zip(ordered(ddp_results), ordered(single_results)):
+        assert a["image_id"] == b["image_id"]
+        assert a["keypoints"] == pytest.approx(b["keypoints"], abs=1e-2)

@@ -1,0 +1,115 @@
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from pose.grid import act_label, parse_acts, resolved_activation, run_grid
+
+from conftest import ROOT
+from test_engine import SYNTHETIC_CONFIG, tiny_overrides
+
+COCO_CONFIG = ROOT / "configs/coco/mobilenetv2_x0.5_256x192.yaml"
+
+
+def grid_overrides(data_root):
+    values = tiny_overrides(data_root, **{"train.epochs": 1, "train.max_iters_per_epoch": 1})
+    return [v for v in values if not v.startswith(("model.backbone.act", "model.head.act"))]
+
+
+def events(out):
+    path = out / "grid_log.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_parse_acts_accepts_names_and_yaml_specs():
+    assert parse_acts("relu,prelu,dyrelu_c") == ["relu", "prelu", "dyrelu_c"]
+    specs = parse_acts("[relu, {name: dyrelu_c, k: 3}]")
+    assert specs[1] == {"name": "dyrelu_c", "k": 3}
+    assert act_label(specs[1]) == "dyrelu_c-k3"
+    assert resolved_activation("dyrelu_b")["reduction"] == 13
+    with pytest.raises(ValueError, match="unknown activation 'rleu'"):
+        parse_acts("relu,rleu")
+
+
+def test_dry_run_lists_the_16_paper_cells_without_coco():
+    result = subprocess.run([sys.executable, str(ROOT / "tools/grid.py"), "--config",
+                             str(COCO_CONFIG), "--dry-run", "--out", "/tmp/never-written"],
+                            capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    folders = [line for line in result.stdout.splitlines() if "folder:" in line]
+    assert len(folders) == 16
+    assert "/tmp/never-written/dyrelu_c__dyrelu_a" in result.stdout
+    assert "'reduction': 13" in result.stdout
+    assert not os.path.exists("/tmp/never-written")
+
+
+def test_interrupted_grid_reruns_no_finished_cell_and_writes_all_tables(synthetic_data,
+                                                                         tmp_path):
+    out = tmp_path / "grid"
+    command = [sys.executable, str(ROOT / "tools/grid.py"), "--config", str(SYNTHETIC_CONFIG),
+               "--out", str(out), "--jobs", "2"]
+    for override in grid_overrides(synthetic_data):
+        command += ["--set", override]
+    first = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+    while sum(e["event"] == "finished" for e in events(out)) < 3:
+        assert first.poll() is None and time.time() < deadline, "grid ended or hung early"
+        time.sleep(0.5)
+    os.killpg(first.pid, signal.SIGKILL)  # the grid and its running cells
+    first.wait()
+    done_before = {e["cell"] for e in events(out) if e["event"] == "finished"}
+    mtimes = {c: (out / c / "metrics.json").stat().st_mtime_ns for c in done_before}
+    lines_before = len(events(out))
+
+    second = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    rerun = events(out)[lines_before:]
+    started_again = {e["cell"] for e in rerun if e["event"] == "started"}
+    assert not started_again & done_before
+    assert {e["cell"] for e in rerun if e["event"] == "skipped"} == done_before
+    for cell, mtime in mtimes.items():
+        assert (out / cell / "metrics.json").stat().st_mtime_ns == mtime
+
+    for name in ("table2.md", "table2.csv", "table2.json", "table2.png"):
+        assert (out / name).is_file()
+    table = json.loads((out / "table2.json").read_text())
+    assert len(table["cells"]) == 16
+    assert all(c["status"] == "finished" and len(c["stats"]) == 10 for c in table["cells"])
+    rows = list(csv.DictReader((out / "table2.csv").open()))
+    assert len(rows) == 16 and rows[0]["backbone"] == "relu" and rows[1]["head"] == "dyrelu_a"
+    markdown = (out / "table2.md").read_text()
+    assert "| DY-ReLU-C |" in markdown and "synthetic" in markdown
+    assert (out / "table2.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_failing_cell_is_reported_and_the_others_finish(synthetic_data, tmp_path):
+    # k = 0 passes the grid's spec check but makes DyReLU raise when the cell builds it.
+    acts = parse_acts("[relu, {name: dyrelu_b, k: 0}]")
+    table = run_grid(SYNTHETIC_CONFIG, acts, tmp_path / "grid", grid_overrides(synthetic_data),
+                     jobs=2)
+    status = {(json.dumps(c["backbone"]), json.dumps(c["head"])): c["status"]
+              for c in table["cells"]}
+    assert status[('"relu"', '"relu"')] == "finished"
+    assert sorted(status.values()) == ["failed", "failed", "failed", "finished"]
+    failed = [c for c in table["cells"] if c["status"] == "failed"]
+    assert all("k must be >= 1" in open(c["log"]).read() for c in failed)
+    assert "failed" in (tmp_path / "grid/table2.md").read_text()
+
+
+def test_cells_go_through_a_submitit_executor(synthetic_data, tmp_path):
+    import submitit
+
+    executor = submitit.LocalExecutor(folder=str(tmp_path / "submitit"))
+    executor.update_parameters(timeout_min=10)
+    table = run_grid(SYNTHETIC_CONFIG, ["relu"], tmp_path / "grid",
+                     grid_overrides(synthetic_data), launcher="slurm", executor=executor)
+    assert [c["status"] for c in table["cells"]] == ["finished"]
+    assert any((tmp_path / "submitit").iterdir())
+    started = [e for e in events(tmp_path / "grid") if e["event"] == "started"]
+    assert started and started[0]["job_id"]
