@@ -77,6 +77,7 @@ class TrainConfig:
     batch_size: int = 32  # per process
     optimizer: str = "adam"  # adam | adamw | sgd
     lr: float = 1e-3
+    hyper_lr_mult: float = 1.0  # lr multiplier for DY-ReLU's hyper functions (fc1, fc2, spatial conv)
     weight_decay: float = 0.0
     momentum: float = 0.9  # sgd only
     warmup_iters: int = 500

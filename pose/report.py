@@ -52,7 +52,10 @@ def collect(cfg: Config, cells, status: dict[str, str]) -> list[dict]:
         if key not in cost_cache:
             model_cfg = copy.deepcopy(cfg.model)
             model_cfg.backbone.act, model_cfg.head.act = cell.backbone, cell.head
-            cost_cache[key] = complexity(build_model(model_cfg), (1, 3, height, width))
+            try:
+                cost_cache[key] = complexity(build_model(model_cfg), (1, 3, height, width))
+            except Exception:  # the cell's own log says why its model cannot be built
+                cost_cache[key] = {"params": None, "madds": None}
         complete = cell.is_complete(cfg.train.epochs)
         rows.append({
             "backbone": cell.backbone, "head": cell.head, "folder": str(cell.folder),
@@ -94,8 +97,9 @@ def markdown(cfg: Config, acts: Sequence[Any], rows: list[dict]) -> str:
     lines += ["", "Params (M) / MAdds (M) / training time (s):", "",
               "| backbone \\ head | " + " | ".join(heads) + " |", "|---" * (n + 1) + "|"]
     for act, row in zip(acts, grid):
-        cells = [f"{r['params'] / 1e6:.2f} / {r['madds'] / 1e6:.0f} / "
-                 f"{r['train_time_s'] if r['train_time_s'] is not None else '-'}" for r in row]
+        cells = [(f"{r['params'] / 1e6:.2f} / {r['madds'] / 1e6:.0f}" if r["params"] is not None
+                  else "- / -") + f" / {r['train_time_s'] if r['train_time_s'] is not None else '-'}"
+                 for r in row]
         lines.append(f"| {pretty_label(act)} | " + " | ".join(cells) + " |")
     failed = [r for r in rows if r["status"] == "failed"]
     if failed:
@@ -124,7 +128,8 @@ def csv_text(rows: list[dict]) -> str:
         writer.writerow([json.dumps(r["backbone"]) if not isinstance(r["backbone"], str)
                          else r["backbone"],
                          json.dumps(r["head"]) if not isinstance(r["head"], str) else r["head"],
-                         r["status"], *stats, r["params"], r["madds"],
+                         r["status"], *stats, r["params"] if r["params"] is not None else "",
+                         r["madds"] if r["madds"] is not None else "",
                          r["train_time_s"] if r["train_time_s"] is not None else "",
                          r["paper_ap"] if r["paper_ap"] is not None else "", r["folder"]])
     return buffer.getvalue()

@@ -14,6 +14,9 @@ def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "w") -> N
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the usual permissions
     try:
         with os.fdopen(fd, mode) as f:
             write(f)

@@ -1,42 +1,46 @@
-"""Drawing skeletons on images (torchvision's drawing helpers, COCO limbs, left/right colours)."""
+"""Drawing skeletons on images: COCO limbs, left side blue, right side orange, centre green.
+
+OpenCV draws (torchvision's draw_keypoints cannot colour limbs: its lines are always white).
+"""
 from __future__ import annotations
 
 from typing import Optional
 
+import cv2
 import numpy as np
-import torch
-from torchvision.utils import draw_bounding_boxes, draw_keypoints
 
 from pose.data.keypoints import SKELETON, is_left, is_right
 
-LEFT_COLOUR, RIGHT_COLOUR, CENTRE_COLOUR = (0, 200, 255), (255, 80, 40), (60, 255, 60)
+LEFT_COLOUR, RIGHT_COLOUR, CENTRE_COLOUR = (40, 140, 255), (255, 120, 30), (60, 220, 60)
 
 
-def _limb_groups():
-    left = [(a, b) for a, b in SKELETON if is_left(a) and is_left(b)]
-    right = [(a, b) for a, b in SKELETON if is_right(a) and is_right(b)]
-    centre = [limb for limb in SKELETON if limb not in left and limb not in right]
-    return ((left, LEFT_COLOUR), (right, RIGHT_COLOUR), (centre, CENTRE_COLOUR))
+def _side_colour(a: int, b: int = None) -> tuple[int, int, int]:
+    joints = (a,) if b is None else (a, b)
+    if all(is_left(j) for j in joints):
+        return LEFT_COLOUR
+    if all(is_right(j) for j in joints):
+        return RIGHT_COLOUR
+    return CENTRE_COLOUR
 
 
 def draw_skeletons(image: np.ndarray, keypoints: np.ndarray, score_threshold: float = 0.3,
                    boxes: Optional[np.ndarray] = None, width: int = 2,
                    radius: int = 3) -> np.ndarray:
-    """Draw people on an RGB uint8 (H, W, 3) image.
+    """Draw people on an RGB uint8 (H, W, 3) image; returns a new image.
 
     ``keypoints``: (N, K, 3) image pixels + score (or COCO visibility); joints whose score is
     at or below ``score_threshold`` are hidden with the limbs touching them. ``boxes``:
-    optional (N, 4) x, y, w, h. Returns a new (H, W, 3) uint8 image.
+    optional (N, 4) x, y, w, h, drawn in white.
     """
-    canvas = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
-    if boxes is not None and len(boxes):
-        xyxy = torch.as_tensor(np.asarray(boxes, dtype=np.float64), dtype=torch.float)
-        xyxy[:, 2:] += xyxy[:, :2]
-        canvas = draw_bounding_boxes(canvas, xyxy, colors="white", width=1)
-    if len(keypoints):
-        points = torch.as_tensor(np.asarray(keypoints)[..., :2], dtype=torch.float)
-        visible = torch.as_tensor(np.asarray(keypoints)[..., 2] > score_threshold)
-        for limbs, colour in _limb_groups():
-            canvas = draw_keypoints(canvas, points, connectivity=limbs, colors=colour,
-                                    radius=radius, width=width, visibility=visible)
-    return canvas.permute(1, 2, 0).numpy().copy()
+    canvas = np.ascontiguousarray(image).copy()
+    for x, y, w, h in ([] if boxes is None else np.asarray(boxes, dtype=float)):
+        cv2.rectangle(canvas, (int(x), int(y)), (int(x + w), int(y + h)), (255, 255, 255), 1)
+    for person in np.asarray(keypoints, dtype=float).reshape(-1, 17, 3):
+        shown = person[:, 2] > score_threshold
+        points = [(int(round(x)), int(round(y))) for x, y in person[:, :2]]
+        for a, b in SKELETON:
+            if shown[a] and shown[b]:
+                cv2.line(canvas, points[a], points[b], _side_colour(a, b), width, cv2.LINE_AA)
+        for j in np.flatnonzero(shown):
+            cv2.circle(canvas, points[j], radius, _side_colour(j), -1, cv2.LINE_AA)
+    return canvas

@@ -14,7 +14,7 @@ from pose.engine.loop import NonFiniteLossError, lr_factor
 
 from conftest import ROOT
 
-SYNTHETIC_CONFIG = ROOT / "configs/synthetic/mobilenetv2_x0.5_128x96.yaml"
+SYNTHETIC_CONFIG = ROOT / "configs/synthetic/mobilenetv2_x0.5_96x64.yaml"
 
 
 def tiny_overrides(data_root, **extra):
@@ -43,6 +43,23 @@ def test_lr_schedule_warms_up_then_decays_at_milestones():
     assert lr_factor(199, 100, cfg.train) == 1.0
     assert lr_factor(200, 100, cfg.train) == 0.5
     assert lr_factor(300, 100, cfg.train) == 0.25
+
+
+def test_hyper_function_parameters_get_their_own_learning_rate():
+    from pose.engine.loop import build_optimizer, build_scheduler
+    from pose.models import DyReLU, build_model
+
+    cfg = load_config(SYNTHETIC_CONFIG, ["model.backbone.act=dyrelu_c", "train.lr=0.01",
+                                         "train.hyper_lr_mult=0.1", "train.warmup_iters=0"])
+    model = build_model(cfg.model)
+    optimizer = build_optimizer(model, cfg.train)
+    build_scheduler(optimizer, 10, cfg.train)
+    main, hyper = optimizer.param_groups
+    hyper_ids = {id(p) for m in model.modules() if isinstance(m, DyReLU) for p in m.parameters()}
+    assert {id(p) for p in hyper["params"]} == hyper_ids
+    assert (main["lr"], hyper["lr"]) == pytest.approx((0.01, 0.001))
+    n_params = sum(len(g["params"]) for g in optimizer.param_groups)
+    assert n_params == len(list(model.parameters()))
 
 
 def test_training_writes_the_run_folder(synthetic_data, tmp_path):
@@ -159,6 +176,37 @@ def test_ddp_on_two_cpu_processes_matches_single_process_evaluation(synthetic_da
         # Untrained scores tie often: order ties by their keypoints.
         return sorted(results, key=lambda r: (r["image_id"], r["score"], r["keypoints"]))
 
+    # Different batch compositions change the last float bits; on an untrained model's nearly
+    # flat heatmaps that can move a rare argmax by one heatmap pixel.
+    differing = total = 0
     for a, b in zip(ordered(ddp_results), ordered(single_results)):
         assert a["image_id"] == b["image_id"]
-        assert a["keypoints"] == pytest.approx(b["keypoints"], abs=1e-2)
+        for u, v in zip(a["keypoints"], b["keypoints"]):
+            total += 1
+            differing += abs(u - v) > 1e-2
+    assert differing <= 0.02 * total
+
+
+def test_synthetic_config_learns_well_above_an_untrained_model(tmp_path):
+    """A few minutes of ReLU/ReLU training with the synthetic config (fewer images and
+    epochs) must lift AP far above the same model untrained, scored the same way."""
+    from pose.data.synthetic import generate
+
+    # The config's own schedule and data volume (the default 800 training images); a smaller
+    # validation set to keep the test short.
+    data = generate(tmp_path / "data", train=800, val=60, seed=5)
+    cfg = load_config(SYNTHETIC_CONFIG, [f"data.root={data}", "data.num_workers=0"])
+    untrained = tmp_path / "untrained.pth"
+    torch.manual_seed(cfg.runtime.seed)
+    from pose.models import build_model
+
+    torch.save({"model": build_model(cfg.model).state_dict()}, untrained)
+    before = runner.run_test(cfg, tmp_path / "before", checkpoint=str(untrained))["final"]
+    after = runner.run_training(cfg, tmp_path / "run")["final"]
+    # Untrained: every stat 0. Trained, measured: AP 0.020, AP50 0.113, AR50 0.279 on this
+    # draw of the data (seed 5); AP 0.108, AP50 0.478 on the main job's (seed 0, 200 val
+    # images). So short a run sits where AP starts to rise, hence the spread.
+    assert before["AP"] < 0.005 and before["AP50"] < 0.02
+    assert after["AP"] > before["AP"] + 0.01
+    assert after["AP50"] > before["AP50"] + 0.08
+    assert after["AR50"] > before["AR50"] + 0.15

@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from pose.grid import act_label, parse_acts, resolved_activation, run_grid
+from pose.grid import act_label, parse_acts, run_grid
+from pose.models.activations import resolved_activation
 
 from conftest import ROOT
 from test_engine import SYNTHETIC_CONFIG, tiny_overrides

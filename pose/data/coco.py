@@ -53,8 +53,9 @@ def load_coco(path: str | Path) -> COCO:
     return coco
 
 
-def load_detections(path: str | Path, coco: COCO, score_threshold: float) -> list[dict]:
-    """Person boxes from a COCO detection results file, checked against ``coco``'s images."""
+def read_detection_file(path: str | Path, score_threshold: float = 0.0) -> list[dict]:
+    """Person detections (``image_id``, ``bbox`` x, y, w, h, ``score``) of a COCO detection
+    results file with a score of at least ``score_threshold``; errors name the file."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"detection file not found: {path}")
@@ -68,12 +69,18 @@ def load_detections(path: str | Path, coco: COCO, score_threshold: float) -> lis
         missing = {"image_id", "bbox", "score"} - set(det)
         if missing:
             raise DataError(f"detection file {path}: entry {i} lacks {', '.join(sorted(missing))}")
+    return [d for d in detections if d.get("category_id", PERSON_CATEGORY) == PERSON_CATEGORY
+            and d["score"] >= score_threshold]
+
+
+def load_detections(path: str | Path, coco: COCO, score_threshold: float) -> list[dict]:
+    """Person boxes from a COCO detection results file, checked against ``coco``'s images."""
+    detections = read_detection_file(path, score_threshold)
     unknown = sorted({d["image_id"] for d in detections} - set(coco.imgs))
     if unknown:
         raise DataError(f"detection file {path} has image ids absent from the annotations: "
                         f"{unknown[:10]}{' ...' if len(unknown) > 10 else ''}")
-    return [d for d in detections if d.get("category_id", PERSON_CATEGORY) == PERSON_CATEGORY
-            and d["score"] >= score_threshold]
+    return detections
 
 
 @dataclass
@@ -220,10 +227,8 @@ class TopDownCocoDataset(Dataset):
             crop_keypoints, visible = crop_keypoints[perm], visible[perm]
         heatmaps, weights = self.codec.encode(crop_keypoints, visible)
 
-        tensor = torch.from_numpy(((crop.astype(np.float32) - IMAGENET_MEAN) / IMAGENET_STD)
-                                  .transpose(2, 0, 1).copy())
         return {
-            "image": tensor,
+            "image": normalize(crop),
             "heatmaps": torch.from_numpy(heatmaps),
             "weights": torch.from_numpy(weights),
             "inv_matrix": torch.from_numpy(invert_affine(matrix)),
@@ -233,6 +238,12 @@ class TopDownCocoDataset(Dataset):
             "index": index,
             "flipped": flip,
         }
+
+
+def normalize(crop: np.ndarray) -> torch.Tensor:
+    """(H, W, 3) uint8 RGB crop -> (3, H, W) float tensor normalised with ImageNet statistics."""
+    return torch.from_numpy(((crop.astype(np.float32) - IMAGENET_MEAN) / IMAGENET_STD)
+                            .transpose(2, 0, 1).copy())
 
 
 def denormalize(image: torch.Tensor) -> np.ndarray:

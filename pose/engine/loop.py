@@ -22,8 +22,20 @@ def heatmap_loss(predicted: torch.Tensor, target: torch.Tensor,
     return ((predicted.float() - target) ** 2 * weights[:, :, None, None]).mean()
 
 
-def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+def parameter_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
+    """Two groups: DY-ReLU hyper-function parameters at lr * hyper_lr_mult, the rest at lr."""
+    from pose.models.activations import DyReLU
+
+    hyper = {id(p) for m in model.modules() if isinstance(m, DyReLU) for p in m.parameters()}
     params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if id(p) not in hyper], "lr": cfg.lr},
+              {"params": [p for p in params if id(p) in hyper],
+               "lr": cfg.lr * cfg.hyper_lr_mult}]
+    return [g for g in groups if g["params"]]
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    params = parameter_groups(model, cfg)
     if cfg.optimizer == "adam":
         return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "adamw":

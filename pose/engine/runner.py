@@ -228,6 +228,22 @@ def _train(cfg: Config, work_dir: Path, resume: bool, device: torch.device,
     return metrics
 
 
+def model_from_checkpoint(cfg: Config, checkpoint: str | Path, device: torch.device,
+                          state: Optional[dict] = None) -> nn.Module:
+    """The config's model with a checkpoint's weights, in eval mode on ``device``."""
+    state = load_checkpoint(checkpoint) if state is None else state
+    model = build_model(cfg.model)
+    try:
+        model.load_state_dict(model_weights(state))
+    except RuntimeError as error:
+        raise PoseError(f"checkpoint {checkpoint} does not fit the config's model: "
+                        f"{str(error).splitlines()[0]}") from None
+    model.to(device).eval()
+    if cfg.runtime.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
 def run_test(cfg: Config, work_dir: str | Path, checkpoint: Optional[str] = None,
              oracle: bool = False, use_gt_boxes: Optional[bool] = None,
              det_file: Optional[str] = None) -> Optional[dict]:
@@ -246,15 +262,7 @@ def run_test(cfg: Config, work_dir: str | Path, checkpoint: Optional[str] = None
         if oracle:
             heatmap_fn = target_heatmaps
         else:
-            model = build_model(cfg.model)
-            try:
-                model.load_state_dict(model_weights(state))
-            except RuntimeError as error:
-                raise PoseError(f"checkpoint {checkpoint} does not fit the config's model: "
-                                f"{str(error).splitlines()[0]}") from None
-            model.to(device).eval()
-            if cfg.runtime.channels_last:
-                model = model.to(memory_format=torch.channels_last)
+            model = model_from_checkpoint(cfg, checkpoint, device, state)
             heatmap_fn = model_heatmaps(model, device, cfg.eval.flip_test,
                                         cfg.eval.shift_heatmap, AMP_DTYPES[cfg.train.amp],
                                         cfg.runtime.channels_last)

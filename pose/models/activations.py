@@ -182,3 +182,14 @@ def make_activation(spec: str | Mapping[str, Any], channels: int) -> nn.Module:
 
 def activation_name(spec: str | Mapping[str, Any]) -> str:
     return parse_activation(spec)[0]
+
+
+def resolved_activation(spec: str | Mapping[str, Any]) -> dict[str, Any]:
+    """The spec with every option its module will use, defaults included."""
+    import inspect
+
+    name, options = parse_activation(spec)
+    builder = DyReLU.__init__ if name.startswith("dyrelu") else _REGISTRY[name][0]
+    defaults = {p.name: p.default for p in inspect.signature(builder).parameters.values()
+                if p.default is not inspect.Parameter.empty and p.name != "variant"}
+    return {"name": name, **defaults, **options}

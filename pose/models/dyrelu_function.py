@@ -114,8 +114,9 @@ class _Kernel:
         self.compiled = None
 
     def __call__(self, *args):
-        if _Kernel.broken or not _compile_enabled() or torch.compiler.is_compiling() \
-                or torch.onnx.is_in_onnx_export():
+        if (_Kernel.broken or not _compile_enabled() or torch.compiler.is_compiling()
+                or torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export()
+                or torch.jit.is_tracing()):
             return self.fn(*args)
         if self.compiled is None:
             self.compiled = torch.compile(self.fn, dynamic=True)
@@ -164,7 +165,8 @@ def piecewise_max(x: Tensor, a: Tensor, b: Tensor, scale: Optional[Tensor] = Non
     Returns:
         (N, C, H, W), in x's dtype.
     """
-    if a.shape != b.shape or a.dim() != 3 or a.shape[1] not in (1, x.shape[1]):
+    if not torch.jit.is_tracing() and (a.shape != b.shape or a.dim() != 3
+                                       or a.shape[1] not in (1, x.shape[1])):
         raise ValueError(f"piecewise_max: a, b must be (N, 1 or C, K) for x {tuple(x.shape)}, "
                          f"got {tuple(a.shape)} and {tuple(b.shape)}")
     needs_grad = torch.is_grad_enabled() and any(

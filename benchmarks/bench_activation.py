@@ -1,0 +1,109 @@
+"""DY-ReLU layer cost against ReLU, side by side in one run.
+
+For pose-typical shapes, forward+backward time and the bytes autograd saves for backward of:
+ReLU, our DY-ReLU-A/B/C (the whole module: hyper function, attention, piecewise maximum) and a
+naive DY-ReLU written here from the formulas, which materialises (N, C, H, W, K). Prints each
+as a ratio to ReLU.
+
+    python benchmarks/bench_activation.py [--threads 2] [--device cpu|cuda] [--amp bf16]
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+from torch import nn
+
+from pose.models.activations import DyReLU
+
+SHAPES = [(32, 24, 64, 48), (32, 96, 32, 24), (32, 192, 32, 24), (32, 96, 64, 48)]
+
+
+class NaiveDyReLU(nn.Module):
+    """The formulas as written: every piece for every element, stacked on a last K axis."""
+
+    def __init__(self, reference: DyReLU) -> None:
+        super().__init__()
+        self.ref = reference
+
+    def forward(self, x):
+        ref = self.ref
+        da, db = ref.coefficients(x)  # (N, G, K)
+        a = (ref.alpha + da)[:, :, None, None, :]
+        b = (ref.beta + db)[:, :, None, None, :]
+        if ref.variant == "c":
+            pi = ref.attention(x)[..., None]  # (N, 1, H, W, 1)
+            a, b = pi * a, pi * b
+        return (a * x[..., None] + b).max(dim=-1).values
+
+
+def saved_bytes(module: nn.Module, x: torch.Tensor) -> int:
+    """Bytes of the distinct tensors autograd keeps for backward, x itself included."""
+    storages = {}
+
+    def pack(t):
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        module(x)
+    return sum(storages.values())
+
+
+def time_fwd_bwd(module: nn.Module, x: torch.Tensor, amp, repeats: int) -> float:
+    grad = torch.randn_like(x)
+
+    def step():
+        with torch.autocast(x.device.type, dtype=amp, enabled=amp is not None):
+            y = module(x)
+        y.backward(grad.to(y.dtype))
+
+    for _ in range(3):
+        step()
+    if x.device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        step()
+    if x.device.type == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - start) / repeats
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none")
+    parser.add_argument("--repeats", type=int, default=10)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    amp = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.amp]
+    print(f"device {device}, {args.threads} threads, amp {args.amp}, torch {torch.__version__}")
+    print(f"{'shape (N,C,H,W)':>20} {'layer':>10} {'ms':>8} {'x ReLU':>7} "
+          f"{'saved MB':>9} {'x ReLU':>7} {'naive/ours':>10}")
+    for shape in SHAPES:
+        torch.manual_seed(0)
+        x = torch.randn(shape, device=device, requires_grad=True)
+        channels = shape[1]
+        layers = {"relu": nn.ReLU()}
+        for variant in "abc":
+            layers[f"dyrelu_{variant}"] = DyReLU(channels, variant=variant)
+            layers[f"naive_{variant}"] = NaiveDyReLU(layers[f"dyrelu_{variant}"])
+        results = {}
+        for name, layer in layers.items():
+            layer.to(device)
+            results[name] = (time_fwd_bwd(layer, x, amp, args.repeats), saved_bytes(layer, x))
+        base_time, base_bytes = results["relu"]
+        for name, (seconds, nbytes) in results.items():
+            naive = ""
+            if name.startswith("dyrelu"):
+                naive = f"{results['naive_' + name[-1]][0] / seconds:.2f}x"
+            print(f"{str(shape):>20} {name:>10} {seconds * 1e3:8.2f} {seconds / base_time:6.2f}x "
+                  f"{nbytes / 2**20:9.1f} {nbytes / base_bytes:6.2f}x {naive:>10}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

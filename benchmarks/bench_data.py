@@ -1,0 +1,89 @@
+"""Data loading against training speed: crops/s of one loader worker vs the model's img/s.
+
+Times TopDownCocoDataset.__getitem__ (read JPEG, affine crop, augmentation, target encoding)
+in this process, which is what one DataLoader worker does, on the real COCO sample when it
+is present and on a synthetic dataset otherwise; then a ReLU/ReLU train step at the same
+size. Their ratio is the number of workers that keeps the model fed.
+
+    python benchmarks/bench_data.py [--size 256 192] [--device cpu] [--batch 16]
+"""
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from pose.config import ModelConfig
+from pose.data.coco import Augmentation, TopDownCocoDataset
+from pose.data.heatmap import HeatmapCodec
+from pose.models import build_model
+
+SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "coco_sample"
+
+
+def dataset_for(size, augment: bool) -> tuple[TopDownCocoDataset, str]:
+    codec = HeatmapCodec(size)
+    if (SAMPLE / "person_keypoints_sample.json").is_file():
+        return TopDownCocoDataset(SAMPLE / "person_keypoints_sample.json", SAMPLE / "images",
+                                  codec, train=augment, augmentation=Augmentation()), \
+            "COCO val2017 sample (4 images, 12 people)"
+    from pose.data.synthetic import generate
+
+    root = generate(tempfile.mkdtemp(), train=40, val=1, seed=0)
+    return TopDownCocoDataset(root / "annotations/person_keypoints_train.json", root / "train",
+                              codec, train=augment, augmentation=Augmentation()), \
+        "synthetic (40 images)"
+
+
+def crops_per_second(dataset: TopDownCocoDataset, count: int) -> float:
+    start = time.perf_counter()
+    for i in range(count):
+        dataset.set_epoch(i // len(dataset))
+        dataset[i % len(dataset)]
+    return count / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, nargs=2, default=[256, 192])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--crops", type=int, default=300)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"{args.size[0]}x{args.size[1]} crops, torch {torch.__version__}")
+    for augment in (True, False):
+        dataset, name = dataset_for(args.size, augment)
+        rate = crops_per_second(dataset, args.crops)
+        print(f"one worker, {'training (augmented)' if augment else 'evaluation'} crops from "
+              f"{name}: {rate:.1f} crops/s")
+        if augment:
+            train_rate = rate
+    device = torch.device(args.device)
+    model = build_model(ModelConfig()).to(device)
+    optimizer = torch.optim.Adam(model.parameters())
+    images = torch.randn(args.batch, 3, *args.size, device=device)
+    target = torch.rand(args.batch, 17, args.size[0] // 4, args.size[1] // 4, device=device)
+    for i in range(5):
+        if i == 2:
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+        loss = (model(images) - target).square().mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    model_rate = 3 * args.batch / (time.perf_counter() - start)
+    print(f"ReLU/ReLU train step on {device} ({args.threads} threads): {model_rate:.1f} img/s")
+    print(f"ratio model img/s / worker crops/s: {model_rate / train_rate:.2f} "
+          f"(workers needed to keep the model fed: {max(1, -(-model_rate // train_rate)):.0f})")
+
+
+if __name__ == "__main__":
+    main()

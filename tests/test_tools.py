@@ -1,0 +1,133 @@
+"""Demo, dynamics plot and ONNX export."""
+import json
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from pose.config import load_config
+from pose.models import build_model
+
+from conftest import ROOT
+from test_engine import SYNTHETIC_CONFIG
+
+SMALL = ["data.input_size=[96, 64]", "model.head.channels=[32, 16, 16]"]
+
+
+def save_random_checkpoint(path, overrides):
+    torch.manual_seed(0)
+    model = build_model(load_config(SYNTHETIC_CONFIG, overrides).model)
+    torch.save({"model": model.state_dict()}, path)
+    return path
+
+
+def run_tool(name, *args):
+    return subprocess.run([sys.executable, str(ROOT / "tools" / name), *map(str, args)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=600)
+
+
+def set_args(overrides):
+    return [a for o in overrides for a in ("--set", o)]
+
+
+def test_demo_on_coco_sample_writes_a_picture_and_coco_json_per_image(coco_sample, tmp_path):
+    checkpoint = save_random_checkpoint(tmp_path / "model.pth", SMALL)
+    result = run_tool("demo.py", "--config", SYNTHETIC_CONFIG, *set_args(SMALL),
+                      "--checkpoint", checkpoint, "--input", coco_sample / "images",
+                      "--out", tmp_path / "out", "--det-file",
+                      coco_sample / "person_detections_sample.json", "--kpt-threshold", "-1")
+    assert result.returncode == 0, result.stderr[-2000:]
+    images = sorted((coco_sample / "images").glob("*.jpg"))
+    assert len(images) == 4
+    for image_path in images:
+        results = json.loads((tmp_path / "out" / f"{image_path.stem}.json").read_text())
+        assert results, image_path
+        for r in results:
+            assert set(r) == {"image_id", "category_id", "keypoints", "score"}
+            assert r["image_id"] == int(image_path.stem) and r["category_id"] == 1
+            assert len(r["keypoints"]) == 51 and isinstance(r["score"], float)
+        original = cv2.imread(str(image_path)).astype(int)
+        picture = cv2.imread(str(tmp_path / "out" / f"{image_path.stem}.jpg")).astype(int)
+        assert picture.shape == original.shape
+        difference = np.abs(picture - original).max(axis=2)
+        assert np.median(difference) <= 4  # the image itself is kept (JPEG aside) ...
+        h, w = difference.shape
+        drawn = 0
+        for r in results:  # ... and changed where joints are drawn
+            for x, y, _ in np.array(r["keypoints"]).reshape(17, 3):
+                xi, yi = int(round(x)), int(round(y))
+                if 2 <= xi < w - 2 and 2 <= yi < h - 2:
+                    drawn += difference[yi - 2:yi + 3, xi - 2:xi + 3].max() > 60
+        assert drawn > 0.9 * sum(1 for r in results for x, y, _ in
+                                 np.array(r["keypoints"]).reshape(17, 3)
+                                 if 2 <= round(x) < w - 2 and 2 <= round(y) < h - 2)
+
+
+def test_demo_skips_unreadable_files_and_goes_on(coco_sample, tmp_path):
+    checkpoint = save_random_checkpoint(tmp_path / "model.pth", SMALL)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "good.jpg").symlink_to(coco_sample / "images" / "000000000785.jpg")
+    (folder / "broken.jpg").write_bytes(b"garbage")
+    result = run_tool("demo.py", "--config", SYNTHETIC_CONFIG, *set_args(SMALL),
+                      "--checkpoint", checkpoint, "--input", folder, "--out", tmp_path / "out",
+                      "--boxes", "100,50,200,300")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "skipped" in result.stdout and "broken.jpg" in result.stdout
+    assert (tmp_path / "out/good.jpg").is_file() and (tmp_path / "out/good.json").is_file()
+    assert not (tmp_path / "out/broken.json").exists()
+
+
+def test_demo_detector_without_weights_is_a_clear_error(coco_sample, tmp_path):
+    checkpoint = save_random_checkpoint(tmp_path / "model.pth", SMALL)
+    result = run_tool("demo.py", "--config", SYNTHETIC_CONFIG, *set_args(SMALL),
+                      "--checkpoint", checkpoint, "--input", coco_sample / "images",
+                      "--out", tmp_path / "out", "--detector", "torchvision")
+    assert result.returncode == 2
+    assert "needs --detector-weights" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_dynamics_plot_for_dyrelu_and_refusal_for_relu(synthetic_data, tmp_path):
+    overrides = SMALL + [f"data.root={synthetic_data}", "model.backbone.act=dyrelu_b"]
+    checkpoint = save_random_checkpoint(tmp_path / "model.pth", overrides)
+    result = run_tool("plot_dynamics.py", "--config", SYNTHETIC_CONFIG, *set_args(overrides),
+                      "--checkpoint", checkpoint, "--images", 4, "--out", tmp_path / "dyn.png")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (tmp_path / "dyn.png").read_bytes()[:4] == b"\x89PNG"
+
+    relu = SMALL + [f"data.root={synthetic_data}", "model.backbone.act=relu"]
+    relu_checkpoint = save_random_checkpoint(tmp_path / "relu.pth", relu)
+    refused = run_tool("plot_dynamics.py", "--config", SYNTHETIC_CONFIG, *set_args(relu),
+                       "--checkpoint", relu_checkpoint)
+    assert refused.returncode == 2 and "not DY-ReLU" in refused.stderr
+
+
+@pytest.mark.parametrize("act", ["relu", "dyrelu_a", "dyrelu_b", "dyrelu_c"])
+def test_onnx_export_matches_pytorch(act, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from pose.export import export
+
+    torch.manual_seed(0)
+    cfg = load_config(SYNTHETIC_CONFIG, SMALL + [f"model.backbone.act={act}",
+                                                 f"model.head.act={act}"])
+    model = build_model(cfg.model)
+    with torch.no_grad():  # non-trivial BatchNorm statistics
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    assert export(model, cfg.data.input_size, tmp_path / "model.onnx") < 1e-4
+
+
+def test_browse_dataset_writes_crops_with_targets(synthetic_data, tmp_path):
+    result = run_tool("browse_dataset.py", "--config", SYNTHETIC_CONFIG,
+                      "--set", f"data.root={synthetic_data}", "--out", tmp_path / "browse",
+                      "--count", 5)
+    assert result.returncode == 0, result.stderr[-2000:]
+    pictures = sorted((tmp_path / "browse").glob("*.png"))
+    assert len(pictures) == 5
+    crop = cv2.imread(str(pictures[0]))
+    assert crop.shape == (96, 2 * 64, 3)  # the crop beside its target heatmaps

@@ -1,0 +1,40 @@
+"""Export the pose model (person crop -> heatmaps) to ONNX and check it with onnxruntime.
+
+    python tools/export_onnx.py --config CONFIG --checkpoint best.pth --out model.onnx
+
+Needs the `export` extra: pip install -e '.[export]'.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from pose.cli import add_config_arguments, config_from_args, run
+from pose.export import export
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_config_arguments(parser)
+    parser.add_argument("--checkpoint", help="weights to export (default: a fresh model)")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--opset", type=int, default=17)
+    args = parser.parse_args(argv)
+    cfg = config_from_args(args)
+    if args.checkpoint:
+        from pose.engine.runner import model_from_checkpoint
+
+        model = model_from_checkpoint(cfg, args.checkpoint, torch.device("cpu"))
+    else:
+        from pose.models import build_model
+
+        model = build_model(cfg.model)
+    difference = export(model, cfg.data.input_size, Path(args.out), args.opset)
+    print(f"wrote {args.out}; max abs difference ONNX Runtime vs PyTorch: {difference:.2e}")
+    return 0
+
+
+if __name__ == "__main__":
+    run(main)

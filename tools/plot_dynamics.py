@@ -1,0 +1,108 @@
+"""Is DY-ReLU dynamic? Scatter its input against its output (the supplementary's Fig. 1).
+
+For the DY-ReLU after the depthwise conv of every other backbone block, over validation crops:
+one panel per block, input x against output y, with the lines y = x and y = -x in red. A static
+ReLU would put every point on two lines; a dynamic activation spreads them over a band.
+
+    python tools/plot_dynamics.py --config CONFIG --checkpoint best.pth [--images 32] \
+        [--out dynamics.png]
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pose.cli import add_config_arguments, config_from_args, run
+from pose.data.build import build_dataset
+from pose.engine.runner import model_from_checkpoint, resolve_device
+from pose.errors import PoseError
+from pose.models.activations import activation_name
+from pose.models.mobilenetv2 import InvertedResidual
+from pose.utils import atomic_write
+
+
+def depthwise_activations(backbone: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
+    """(name, activation) after the depthwise conv of every other inverted residual block."""
+    blocks = [(name, m) for name, m in backbone.named_modules() if isinstance(m, InvertedResidual)]
+    chosen = []
+    for index, (name, block) in enumerate(blocks):
+        if index % 2 == 0:
+            depthwise = block.conv[-3]  # conv -> BN -> activation, before the projection
+            chosen.append((f"block {index + 1} ({name})", depthwise[-1]))
+    return chosen
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_config_arguments(parser)
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--images", type=int, default=32, help="validation crops to use")
+    parser.add_argument("--points", type=int, default=3000, help="points drawn per panel")
+    parser.add_argument("--out", help="PNG path (default: beside the checkpoint)")
+    args = parser.parse_args(argv)
+    cfg = config_from_args(args)
+    if not activation_name(cfg.model.backbone.act).startswith("dyrelu"):
+        raise PoseError(f"the backbone's activation is {cfg.model.backbone.act!r}, not DY-ReLU: "
+                        f"a static activation has no dynamics to plot")
+    device = resolve_device(cfg)
+    model = model_from_checkpoint(cfg, args.checkpoint, device)
+    layers = depthwise_activations(model.backbone)
+    samples: dict[str, list] = {name: [] for name, _ in layers}
+    rng = np.random.default_rng(0)
+
+    def recorder(name):
+        def hook(_module, inputs, output):
+            x, y = inputs[0].detach().flatten().cpu(), output.detach().flatten().cpu()
+            pick = torch.from_numpy(rng.choice(x.numel(), min(x.numel(), args.points),
+                                               replace=False))
+            samples[name].append((x[pick].numpy(), y[pick].numpy()))
+        return hook
+
+    hooks = [module.register_forward_hook(recorder(name)) for name, module in layers]
+    dataset = build_dataset(cfg, train=False, use_gt_boxes=True)
+    count = min(args.images, len(dataset))
+    with torch.no_grad():
+        for start in range(0, count, 16):
+            batch = torch.stack([dataset[i]["image"] for i in range(start, min(start + 16, count))])
+            model(batch.to(device))
+    for hook in hooks:
+        hook.remove()
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = 3
+    rows = -(-len(layers) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(4 * columns, 3.6 * rows), squeeze=False)
+    for ax, (name, _) in zip(axes.flat, layers):
+        x = np.concatenate([s[0] for s in samples[name]])
+        y = np.concatenate([s[1] for s in samples[name]])
+        keep = rng.choice(len(x), min(len(x), args.points), replace=False)
+        ax.scatter(x[keep], y[keep], s=2, alpha=0.4, color="tab:blue")
+        limit = float(np.percentile(np.abs(x), 99.5)) or 1.0
+        line = np.array([-limit, limit])
+        ax.plot(line, line, "r-", lw=1)
+        ax.plot(line, -line, "r-", lw=1)
+        ax.set_xlim(-limit, limit)
+        ax.set_ylim(-limit, limit)
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("input x")
+        ax.set_ylabel("output y")
+    for ax in list(axes.flat)[len(layers):]:
+        ax.axis("off")
+    fig.suptitle(f"DY-ReLU input vs output after the depthwise conv "
+                 f"({cfg.model.backbone.act}), {count} validation crops")
+    fig.tight_layout()
+    out = Path(args.out) if args.out else Path(args.checkpoint).with_name("dynamics.png")
+    atomic_write(out, lambda f: fig.savefig(f, format="png", dpi=100), mode="wb")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    run(main)
