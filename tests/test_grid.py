@@ -64,7 +64,10 @@ def test_interrupted_grid_reruns_no_finished_cell_and_writes_all_tables(syntheti
         time.sleep(0.5)
     os.killpg(first.pid, signal.SIGKILL)  # the grid and its running cells
     first.wait()
-    done_before = {e["cell"] for e in events(out) if e["event"] == "finished"}
+    # Complete cells: a cell may have written metrics.json just before the kill, without
+    # its "finished" event, so ask the folders.
+    done_before = {p.parent.name for p in out.glob("*/metrics.json")}
+    assert len(done_before) >= 3
     mtimes = {c: (out / c / "metrics.json").stat().st_mtime_ns for c in done_before}
     lines_before = len(events(out))
 
