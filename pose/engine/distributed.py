@@ -55,25 +55,9 @@ def gather_to_main(obj, info: DistInfo) -> list | None:
     return gathered
 
 
-def broadcast_from_main(obj, info: DistInfo):
-    if not info.enabled:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
 def broadcast_buffers(model: torch.nn.Module, info: DistInfo) -> None:
     """Give every rank rank 0's buffers (BatchNorm statistics). DDP broadcasts them at the
     start of each training forward, so after the last one every rank holds its own."""
     if info.enabled:
         for buffer in model.buffers():
             dist.broadcast(buffer, src=0)
-
-
-def all_reduce_mean(value: float, info: DistInfo, device: torch.device) -> float:
-    if not info.enabled:
-        return value
-    tensor = torch.tensor([value], dtype=torch.float64, device=device)
-    dist.all_reduce(tensor)
-    return tensor.item() / info.world_size

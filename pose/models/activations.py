@@ -149,8 +149,6 @@ _REGISTRY: dict[str, tuple[Any, tuple[str, ...]]] = {
 }
 ACTIVATIONS = tuple(_REGISTRY)
 
-ActSpec = "str | Mapping[str, Any]"
-
 
 def parse_activation(spec: str | Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
     """Split a spec into (name, options), checking both; raises ValueError naming the fault."""

@@ -7,7 +7,7 @@ residual blocks (1x1 expand -> act -> 3x3 depthwise -> act -> 1x1 linear project
 from __future__ import annotations
 
 from functools import partial
-from typing import Any, Mapping, Optional
+from typing import Any, Optional
 
 import torch
 from torch import nn
