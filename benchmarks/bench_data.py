@@ -16,10 +16,10 @@ from pathlib import Path
 
 import torch
 
-from pose.config import ModelConfig
 from pose.data.coco import Augmentation, TopDownCocoDataset
 from pose.data.heatmap import HeatmapCodec
-from pose.models import build_model
+
+from bench_train_step import measure  # this folder: the same train step, timed the same way
 
 SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "coco_sample"
 
@@ -63,24 +63,10 @@ def main() -> None:
               f"{name}: {rate:.1f} crops/s")
         if augment:
             train_rate = rate
-    device = torch.device(args.device)
-    model = build_model(ModelConfig()).to(device)
-    optimizer = torch.optim.Adam(model.parameters())
-    images = torch.randn(args.batch, 3, *args.size, device=device)
-    target = torch.rand(args.batch, 17, args.size[0] // 4, args.size[1] // 4, device=device)
-    for i in range(5):
-        if i == 2:
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-        loss = (model(images) - target).square().mean()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    model_rate = 3 * args.batch / (time.perf_counter() - start)
-    print(f"ReLU/ReLU train step on {device} ({args.threads} threads): {model_rate:.1f} img/s")
+    step_args = argparse.Namespace(batch=args.batch, size=args.size, channels_last=False,
+                                   amp="none", warmup=2, steps=3)
+    model_rate, _ = measure("relu", "relu", step_args, torch.device(args.device))
+    print(f"ReLU/ReLU train step on {args.device} ({args.threads} threads): {model_rate:.1f} img/s")
     print(f"ratio model img/s / worker crops/s: {model_rate / train_rate:.2f} "
           f"(workers needed to keep the model fed: {max(1, -(-model_rate // train_rate)):.0f})")
 

@@ -24,20 +24,10 @@ import yaml
 
 from pose.config import Config, load_config
 from pose.models.activations import parse_activation, resolved_activation
+from pose.report import write_tables
 
 DEFAULT_ACTS = ("relu", "dyrelu_a", "dyrelu_b", "dyrelu_c")
 TOOLS = Path(__file__).resolve().parents[1] / "tools"
-
-# Supplementary Table 2 (AP x 100): PAPER_AP[backbone][head].
-PAPER_AP = {
-    "relu": {"relu": 59.2, "dyrelu_a": 57.0, "dyrelu_b": 58.4, "dyrelu_c": 61.0},
-    "dyrelu_a": {"relu": 58.8, "dyrelu_a": 51.5, "dyrelu_b": 56.5, "dyrelu_c": 62.4},
-    "dyrelu_b": {"relu": 61.5, "dyrelu_a": 54.3, "dyrelu_b": 58.6, "dyrelu_c": 63.2},
-    "dyrelu_c": {"relu": 61.9, "dyrelu_a": 53.5, "dyrelu_b": 58.8, "dyrelu_c": 63.3},
-}
-PRETTY = {"relu": "ReLU", "dyrelu_a": "DY-ReLU-A", "dyrelu_b": "DY-ReLU-B",
-          "dyrelu_c": "DY-ReLU-C"}
-
 
 def parse_acts(text: str) -> list[Any]:
     """'relu,dyrelu_c' or a YAML list ('[relu, {name: dyrelu_c, k: 3}]') -> specs."""
@@ -54,12 +44,6 @@ def act_label(spec: Any) -> str:
     name, options = parse_activation(spec)
     parts = [name] + [f"{key}{value}" for key, value in sorted(options.items())]
     return re.sub(r"[^A-Za-z0-9_.-]", "", "-".join(parts))
-
-
-def pretty_label(spec: Any) -> str:
-    name, options = parse_activation(spec)
-    text = PRETTY.get(name, name)
-    return text + (f" ({', '.join(f'{k}={v}' for k, v in options.items())})" if options else "")
 
 
 # Extra train-step time one side (backbone or head) adds with this activation, relative to
@@ -240,8 +224,6 @@ def run_grid(config: str | Path, acts: Sequence[Any], out: str | Path,
              gpus_per_cell: int = 1, launcher: str = "local", executor=None,
              slurm_timeout_min: int = 72 * 60, slurm_partition: Optional[str] = None) -> dict:
     """Run every cell that is not complete, then write the tables; returns table2.json."""
-    from pose.report import write_tables
-
     out = Path(out)
     cfg = load_config(config, overrides)
     cells = make_cells(acts, out, overrides)

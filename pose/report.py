@@ -16,6 +16,22 @@ from pose.models import build_model
 from pose.models.activations import parse_activation
 from pose.utils import atomic_write, atomic_write_json, atomic_write_text
 
+# Supplementary Table 2 (AP x 100): PAPER_AP[backbone][head].
+PAPER_AP = {
+    "relu": {"relu": 59.2, "dyrelu_a": 57.0, "dyrelu_b": 58.4, "dyrelu_c": 61.0},
+    "dyrelu_a": {"relu": 58.8, "dyrelu_a": 51.5, "dyrelu_b": 56.5, "dyrelu_c": 62.4},
+    "dyrelu_b": {"relu": 61.5, "dyrelu_a": 54.3, "dyrelu_b": 58.6, "dyrelu_c": 63.2},
+    "dyrelu_c": {"relu": 61.9, "dyrelu_a": 53.5, "dyrelu_b": 58.8, "dyrelu_c": 63.3},
+}
+PRETTY = {"relu": "ReLU", "dyrelu_a": "DY-ReLU-A", "dyrelu_b": "DY-ReLU-B",
+          "dyrelu_c": "DY-ReLU-C"}
+
+
+def pretty_label(spec: Any) -> str:
+    name, options = parse_activation(spec)
+    text = PRETTY.get(name, name)
+    return text + (f" ({', '.join(f'{k}={v}' for k, v in options.items())})" if options else "")
+
 
 def is_paper_setting(cfg: Config) -> bool:
     """COCO val2017 with detector boxes at 256x192, MobileNetV2 x0.5: Table 2's setting."""
@@ -33,8 +49,6 @@ def setting_line(cfg: Config) -> str:
 
 
 def _paper_value(backbone: Any, head: Any):
-    from pose.grid import PAPER_AP
-
     b, b_opts = parse_activation(backbone)
     h, h_opts = parse_activation(head)
     if b_opts or h_opts:
@@ -79,8 +93,6 @@ def _ap_text(row: dict, with_paper: bool) -> str:
 
 
 def markdown(cfg: Config, acts: Sequence[Any], rows: list[dict]) -> str:
-    from pose.grid import PRETTY, pretty_label
-
     paper = is_paper_setting(cfg)
     n = len(acts)
     grid = [rows[i * n:(i + 1) * n] for i in range(n)]
@@ -106,8 +118,6 @@ def markdown(cfg: Config, acts: Sequence[Any], rows: list[dict]) -> str:
         lines += ["", "Failed cells:"] + [f"- {r['folder']}: see {r['log']}" for r in failed]
     if not paper and all(parse_activation(a)[0] in PRETTY and not parse_activation(a)[1]
                          for a in acts):
-        from pose.grid import PAPER_AP
-
         lines += ["", "The paper's Table 2 (COCO val2017, 256x192, detector boxes), for "
                   "reference only: this run's setting differs, so its numbers are not "
                   "comparable.", "",
@@ -141,8 +151,6 @@ def heatmap_png(cfg: Config, acts: Sequence[Any], rows: list[dict], path: Path) 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
-
-    from pose.grid import pretty_label
 
     n = len(acts)
     values = np.array([100 * r["stats"]["AP"] if r["stats"] else math.nan for r in rows])

@@ -5,8 +5,8 @@ import torch
 
 from pose.data.heatmap import HeatmapCodec
 from pose.data.keypoints import FLIP_PAIRS, KEYPOINT_NAMES, flip_permutation
-from pose.data.transforms import (apply_affine, box_to_center_scale, crop_matrix,
-                                  flip_keypoints_in_crop, invert_affine, warp)
+from pose.data.transforms import (apply_affine, box_to_center_scale, crop_matrix, invert_affine,
+                                  warp)
 
 
 def test_flip_pairs_swap_left_and_right_names():
@@ -17,11 +17,18 @@ def test_flip_pairs_swap_left_and_right_names():
 
 
 def test_flipping_keypoints_twice_is_identity():
+    # The dataset's flip: the mirrored crop matrix, then the left/right permutation.
     rng = np.random.default_rng(0)
-    keypoints = np.concatenate([rng.uniform(0, 191, (17, 2)), rng.integers(0, 3, (17, 1))], 1)
-    once = flip_keypoints_in_crop(keypoints, 192)
-    assert not np.allclose(once, keypoints)
-    np.testing.assert_allclose(flip_keypoints_in_crop(once, 192), keypoints, atol=1e-9)
+    keypoints = rng.uniform(0, 400, (17, 2))
+    center, scale = box_to_center_scale((50, 40, 150, 200), 0.75)
+    plain = crop_matrix(center, scale, 10.0, (192, 256))
+    mirror = crop_matrix(center, scale, 10.0, (192, 256), flip=True)
+    perm = flip_permutation()
+    once = apply_affine(keypoints, mirror)[perm]
+    np.testing.assert_allclose(once[perm][:, 0], 191 - apply_affine(keypoints, plain)[:, 0])
+    # mirroring the mirrored crop again gives the plain crop back
+    twice = (191 - once[:, 0])[perm]
+    np.testing.assert_allclose(twice, apply_affine(keypoints, plain)[:, 0], atol=1e-9)
 
 
 def test_flipping_heatmaps_back_twice_is_identity():

@@ -10,7 +10,7 @@ import math
 import cv2
 import numpy as np
 
-from pose.data.keypoints import LOWER_BODY, UPPER_BODY, flip_permutation
+from pose.data.keypoints import LOWER_BODY, UPPER_BODY
 
 
 def box_to_center_scale(box, aspect_ratio: float, padding: float = 1.25):
@@ -58,13 +58,6 @@ def apply_affine(points: np.ndarray, matrix: np.ndarray) -> np.ndarray:
 def warp(image: np.ndarray, matrix: np.ndarray, output_size) -> np.ndarray:
     return cv2.warpAffine(image, matrix, (int(output_size[0]), int(output_size[1])),
                           flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
-
-
-def flip_keypoints_in_crop(keypoints: np.ndarray, width: int) -> np.ndarray:
-    """Mirror (K, D) keypoints in a crop of ``width`` pixels and swap left/right joints."""
-    flipped = keypoints[flip_permutation(len(keypoints))].copy()
-    flipped[:, 0] = width - 1 - flipped[:, 0]
-    return flipped
 
 
 def half_body_center_scale(keypoints: np.ndarray, visible: np.ndarray, aspect_ratio: float,
