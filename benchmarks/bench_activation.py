@@ -5,17 +5,20 @@ ReLU, our DY-ReLU-A/B/C (the whole module: hyper function, attention, piecewise 
 naive DY-ReLU written here from the formulas, which materialises (N, C, H, W, K). Prints each
 as a ratio to ReLU.
 
+Times are medians of interleaved steps (benchmarks/timing.py).
+
     python benchmarks/bench_activation.py [--threads 2] [--device cpu|cuda] [--amp bf16]
 """
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 from torch import nn
 
 from pose.models.activations import DyReLU
+
+from timing import interleaved_medians, keep_freed_memory  # this folder
 
 SHAPES = [(32, 24, 64, 48), (32, 96, 32, 24), (32, 192, 32, 24), (32, 96, 64, 48)]
 
@@ -29,11 +32,12 @@ class NaiveDyReLU(nn.Module):
 
     def forward(self, x):
         ref = self.ref
-        da, db = ref.coefficients(x)  # (N, G, K)
+        da, db = ref.coefficients(x.mean(dim=(2, 3)))  # (N, G, K)
         a = (ref.alpha + da)[:, :, None, None, :]
         b = (ref.beta + db)[:, :, None, None, :]
         if ref.variant == "c":
-            pi = ref.attention(x)[..., None]  # (N, 1, H, W, 1)
+            logits = nn.functional.conv2d(x, ref.spatial_conv.weight)
+            pi = ref.attention(logits)[..., None]  # (N, 1, H, W, 1)
             a, b = pi * a, pi * b
         return (a * x[..., None] + b).max(dim=-1).values
 
@@ -51,24 +55,14 @@ def saved_bytes(module: nn.Module, x: torch.Tensor) -> int:
     return sum(storages.values())
 
 
-def time_fwd_bwd(module: nn.Module, x: torch.Tensor, amp, repeats: int) -> float:
-    grad = torch.randn_like(x)
-
+def fwd_bwd_step(layer: nn.Module, x: torch.Tensor, grad: torch.Tensor, amp):
     def step():
         with torch.autocast(x.device.type, dtype=amp, enabled=amp is not None):
-            y = module(x)
+            y = layer(x)
         y.backward(grad.to(y.dtype))
+        x.grad = None
 
-    for _ in range(3):
-        step()
-    if x.device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(repeats):
-        step()
-    if x.device.type == "cuda":
-        torch.cuda.synchronize()
-    return (time.perf_counter() - start) / repeats
+    return step
 
 
 def main() -> None:
@@ -76,12 +70,16 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none")
-    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--system-malloc", action="store_true",
+                        help="leave glibc's default of returning freed memory (timing.py)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    steady = not args.system_malloc and keep_freed_memory()
     device = torch.device(args.device)
     amp = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.amp]
-    print(f"device {device}, {args.threads} threads, amp {args.amp}, torch {torch.__version__}")
+    print(f"device {device}, {args.threads} threads, amp {args.amp}, "
+          f"torch {torch.__version__}, freed memory kept: {steady}")
     print(f"{'shape (N,C,H,W)':>20} {'layer':>10} {'ms':>8} {'x ReLU':>7} "
           f"{'saved MB':>9} {'x ReLU':>7} {'naive/ours':>10}")
     for shape in SHAPES:
@@ -92,10 +90,13 @@ def main() -> None:
         for variant in "abc":
             layers[f"dyrelu_{variant}"] = DyReLU(channels, variant=variant)
             layers[f"naive_{variant}"] = NaiveDyReLU(layers[f"dyrelu_{variant}"])
-        results = {}
-        for name, layer in layers.items():
+        for layer in layers.values():
             layer.to(device)
-            results[name] = (time_fwd_bwd(layer, x, amp, args.repeats), saved_bytes(layer, x))
+        grad = torch.randn_like(x)
+        steps = {name: fwd_bwd_step(layer, x, grad, amp) for name, layer in layers.items()}
+        sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+        seconds = interleaved_medians(steps, args.repeats, sync=sync)
+        results = {name: (seconds[name], saved_bytes(layer, x)) for name, layer in layers.items()}
         base_time, base_bytes = results["relu"]
         for name, (seconds, nbytes) in results.items():
             naive = ""

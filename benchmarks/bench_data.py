@@ -65,7 +65,8 @@ def main() -> None:
             train_rate = rate
     step_args = argparse.Namespace(batch=args.batch, size=args.size, channels_last=False,
                                    amp="none", warmup=2, steps=3)
-    model_rate, _ = measure("relu", "relu", step_args, torch.device(args.device))
+    model_rate, _ = measure([("relu", "relu")], step_args, torch.device(args.device))[
+        ("relu", "relu")]
     print(f"ReLU/ReLU train step on {args.device} ({args.threads} threads): {model_rate:.1f} img/s")
     print(f"ratio model img/s / worker crops/s: {model_rate / train_rate:.2f} "
           f"(workers needed to keep the model fed: {max(1, -(-model_rate // train_rate)):.0f})")

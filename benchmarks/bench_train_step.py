@@ -1,22 +1,23 @@
 """Full train step (forward, MSE loss, backward, Adam) for all 16 pairings, side by side.
 
-Prints img/s and memory for each backbone/head pairing as ratios to ReLU/ReLU measured in the
-same run. Memory is the peak allocated on CUDA; on the CPU, which has no such counter, the
+Prints img/s and memory for each backbone/head pairing as ratios to the first (ReLU/ReLU by
+default) measured in the same run, timed as medians of interleaved steps (timing.py). Memory is the peak allocated on CUDA; on the CPU, which has no such counter, the
 bytes autograd saves for backward (the activation memory a step holds at its peak).
 
     python benchmarks/bench_train_step.py [--device cpu|cuda] [--batch 16] [--size 256 192]
-        [--amp bf16] [--channels-last]
+        [--amp bf16] [--channels-last] [--pairs relu/relu,dyrelu_c/dyrelu_c]
 """
 from __future__ import annotations
 
 import argparse
 import itertools
-import time
 
 import torch
 
 from pose.config import ModelConfig
 from pose.models import build_model
+
+from timing import interleaved_medians, keep_freed_memory  # this folder
 
 ACTS = ("relu", "dyrelu_a", "dyrelu_b", "dyrelu_c")
 
@@ -33,7 +34,8 @@ def saved_bytes_of_step(model, images) -> int:
     return sum(storages.values())
 
 
-def measure(backbone: str, head: str, args, device) -> tuple[float, int]:
+def train_step(backbone: str, head: str, args, device):
+    """(one train step as a callable, its model, its images) for a backbone/head pairing."""
     cfg = ModelConfig()
     cfg.backbone.act, cfg.head.act = backbone, head
     torch.manual_seed(0)
@@ -56,20 +58,26 @@ def measure(backbone: str, head: str, args, device) -> tuple[float, int]:
         scaler.step(optimizer)
         scaler.update()
 
-    for _ in range(args.warmup):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
-    for _ in range(args.steps):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    seconds = (time.perf_counter() - start) / args.steps
-    memory = torch.cuda.max_memory_allocated() if device.type == "cuda" else \
-        saved_bytes_of_step(model, images)
-    return args.batch / seconds, memory
+    return step, model, images
+
+
+def measure(pairs, args, device) -> dict[tuple[str, str], tuple[float, int]]:
+    """img/s and memory of each pairing, the steps interleaved (timing.py)."""
+    built = {pair: train_step(*pair, args, device) for pair in pairs}
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    seconds = interleaved_medians({pair: step for pair, (step, _, _) in built.items()},
+                                  args.steps, warmup=args.warmup, sync=sync)
+    results = {}
+    for pair, (step, model, images) in built.items():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            step()
+            memory = torch.cuda.max_memory_allocated()
+        else:
+            memory = saved_bytes_of_step(model, images)
+        results[pair] = (args.batch / seconds[pair], memory)
+    return results
 
 
 def main() -> None:
@@ -81,18 +89,25 @@ def main() -> None:
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per pairing")
+    parser.add_argument("--system-malloc", action="store_true",
+                        help="leave glibc's default of returning freed memory (timing.py)")
+    parser.add_argument("--pairs", default=None,
+                        help="backbone/head pairs to run (default: all 16); the first is the "
+                             "baseline of the ratios")
     args = parser.parse_args()
+    pairs = list(itertools.product(ACTS, ACTS)) if args.pairs is None else \
+        [tuple(pair.split("/")) for pair in args.pairs.split(",")]
     torch.set_num_threads(args.threads)
+    steady = not args.system_malloc and keep_freed_memory()
     device = torch.device(args.device)
     kind = "peak MB" if device.type == "cuda" else "saved MB"
     print(f"device {device}, batch {args.batch}, {args.size[0]}x{args.size[1]}, amp {args.amp}, "
-          f"{args.threads} threads, torch {torch.__version__}")
-    print(f"{'backbone':>9} {'head':>9} {'img/s':>8} {'time x R/R':>10} {kind:>9} {'x R/R':>6}")
-    base = None
-    for backbone, head in itertools.product(ACTS, ACTS):
-        speed, memory = measure(backbone, head, args, device)
-        base = base or (speed, memory)
+          f"{args.threads} threads, torch {torch.__version__}, freed memory kept: {steady}")
+    print(f"{'backbone':>9} {'head':>9} {'img/s':>8} {'time x 1st':>10} {kind:>9} {'x 1st':>6}")
+    results = measure(pairs, args, device)
+    base = results[pairs[0]]
+    for (backbone, head), (speed, memory) in results.items():
         print(f"{backbone:>9} {head:>9} {speed:8.1f} {base[0] / speed:9.2f}x "
               f"{memory / 2**20:9.1f} {memory / base[1]:5.2f}x", flush=True)
 

@@ -2,8 +2,9 @@
 
 Convention (written in the README too): MAdds are the multiply-adds of convolutions and
 linear layers (torch.utils.flop_counter's FLOPs / 2; this includes DY-ReLU's hyper-function
-FCs and DY-ReLU-C's 1x1 spatial conv), plus K per output element of each DY-ReLU (one
-multiply-add per linear piece). BatchNorm, pooling, element-wise activations, additions and
+FCs), plus K per output element of each DY-ReLU (one multiply-add per linear piece) and, for
+DY-ReLU-C, C per output position for its 1x1 spatial conv (C -> 1), which the fused layer
+computes without calling a convolution operator. BatchNorm, pooling, element-wise activations, additions and
 upsampling are not counted, as in the MobileNetV2 and DY-ReLU papers.
 """
 from __future__ import annotations
@@ -26,6 +27,8 @@ def count_madds(model: nn.Module, input_shape: tuple[int, ...]) -> int:
 
     def add_pieces(module: DyReLU, _inputs, output: torch.Tensor) -> None:
         piecewise[0] += output.numel() * module.k
+        if module.variant == "c":
+            piecewise[0] += output.numel()  # 1x1 conv C -> 1: C per position
 
     hooks = [m.register_forward_hook(add_pieces) for m in model.modules()
              if isinstance(m, DyReLU)]

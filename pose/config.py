@@ -114,12 +114,19 @@ class RuntimeConfig:
 
 
 @dataclass
+class GridConfig:
+    # Activation specs of tools/grid.py's rows (backbone) and columns (head); --acts overrides.
+    acts: list[Any] = field(default_factory=lambda: ["relu", "dyrelu_a", "dyrelu_b", "dyrelu_c"])
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    grid: GridConfig = field(default_factory=GridConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -147,8 +154,8 @@ def _check_value(key: str, value: Any, annotation: Any) -> Any:
     if origin is list:
         (item_type,) = typing.get_args(annotation)
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"config key '{key}': expected a list of {item_type.__name__}, "
-                              f"got {value!r}")
+            item = getattr(item_type, "__name__", str(item_type))
+            raise ConfigError(f"config key '{key}': expected a list of {item}, got {value!r}")
         return [_check_value(f"{key}[{i}]", v, item_type) for i, v in enumerate(value)]
     if annotation is bool:
         if isinstance(value, bool):
@@ -253,8 +260,12 @@ def config_from_dict(values: dict) -> Config:
     from pose.models.activations import parse_activation
 
     config = _build(Config, values, "")
-    for key, spec in (("model.backbone.act", config.model.backbone.act),
-                      ("model.head.act", config.model.head.act)):
+    if not config.grid.acts:
+        raise ConfigError("config key 'grid.acts': needs at least one activation spec")
+    specs = [("model.backbone.act", config.model.backbone.act),
+             ("model.head.act", config.model.head.act)]
+    specs += [(f"grid.acts[{i}]", spec) for i, spec in enumerate(config.grid.acts)]
+    for key, spec in specs:
         try:
             parse_activation(spec)
         except ValueError as error:

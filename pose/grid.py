@@ -26,7 +26,6 @@ from pose.config import Config, load_config
 from pose.models.activations import parse_activation, resolved_activation
 from pose.report import write_tables
 
-DEFAULT_ACTS = ("relu", "dyrelu_a", "dyrelu_b", "dyrelu_c")
 TOOLS = Path(__file__).resolve().parents[1] / "tools"
 
 def parse_acts(text: str) -> list[Any]:
@@ -219,13 +218,15 @@ def slurm_executor(out: Path, gpus_per_cell: int, timeout_min: int, partition: O
     return executor
 
 
-def run_grid(config: str | Path, acts: Sequence[Any], out: str | Path,
+def run_grid(config: str | Path, acts: Optional[Sequence[Any]], out: str | Path,
              overrides: Sequence[str] = (), jobs: int = 1, gpus: Optional[list[str]] = None,
              gpus_per_cell: int = 1, launcher: str = "local", executor=None,
              slurm_timeout_min: int = 72 * 60, slurm_partition: Optional[str] = None) -> dict:
-    """Run every cell that is not complete, then write the tables; returns table2.json."""
+    """Run every cell that is not complete, then write the tables; returns table2.json.
+    ``acts`` None takes the config's grid.acts."""
     out = Path(out)
     cfg = load_config(config, overrides)
+    acts = cfg.grid.acts if acts is None else acts
     cells = make_cells(acts, out, overrides)
     log = GridLog(out / "grid_log.jsonl")
     todo = []
@@ -246,11 +247,12 @@ def run_grid(config: str | Path, acts: Sequence[Any], out: str | Path,
     return write_tables(cfg, acts, cells, status, out)
 
 
-def describe(config: str | Path, acts: Sequence[Any], out: str | Path,
+def describe(config: str | Path, acts: Optional[Sequence[Any]], out: str | Path,
              overrides: Sequence[str] = ()) -> str:
     """The --dry-run listing: each cell's resolved activations and run folder."""
     out = Path(out)
     cfg: Config = load_config(config, overrides)
+    acts = cfg.grid.acts if acts is None else acts
     lines = [f"{len(acts)}x{len(acts)} grid from {config}: {cfg.train.epochs} epochs, "
              f"input {cfg.data.input_size[0]}x{cfg.data.input_size[1]}, data {cfg.data.root}"]
     for cell in make_cells(acts, out, overrides):

@@ -13,15 +13,16 @@ from pathlib import Path
 
 from pose.cli import run
 from pose.config import ConfigError
-from pose.grid import DEFAULT_ACTS, describe, parse_acts, run_grid
+from pose.grid import describe, parse_acts, run_grid
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True, help="base YAML config of every cell")
-    parser.add_argument("--acts", default=",".join(DEFAULT_ACTS),
+    parser.add_argument("--acts", default=None,
                         help="comma-separated slot specs, or a YAML list "
-                             "(e.g. '[relu, {name: dyrelu_c, k: 3}]'); default: %(default)s")
+                             "(e.g. '[relu, {name: dyrelu_c, k: 3}]'); default: the config's "
+                             "grid.acts (relu, dyrelu_a, dyrelu_b, dyrelu_c unless it says)")
     parser.add_argument("--out", help="grid folder (default: work_dirs/grid_<config name>)")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="KEY=VALUE", help="override a config key in every cell")
@@ -36,7 +37,7 @@ def main(argv=None) -> int:
                         help="list the cells, their resolved activations and folders; run nothing")
     args = parser.parse_args(argv)
     try:
-        acts = parse_acts(args.acts)
+        acts = None if args.acts is None else parse_acts(args.acts)
     except ValueError as error:
         raise ConfigError(f"--acts: {error}") from None
     out = Path(args.out or Path("work_dirs") / f"grid_{Path(args.config).stem}")

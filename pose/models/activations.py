@@ -16,13 +16,13 @@ The hyper function's output of M values is laid out as (groups, 2, K): for each 
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pose.models.dyrelu_function import piecewise_max
+from pose.models.dyrelu_function import dyrelu
 
 
 class DyReLU(nn.Module):
@@ -90,37 +90,39 @@ class DyReLU(nn.Module):
             nn.init.zeros_(self.fc2.weight)
             nn.init.zeros_(self.fc2.bias)
 
-    def coefficients(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Slopes and intercepts a, b of shape (N, groups, K) from the hyper function."""
-        context = x.mean(dim=(2, 3))  # (N, C)
+    def coefficients(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Residual slopes and intercepts (da, db), each (N, groups, K), from the pooled
+        context (N, C)."""
         theta = 2.0 * torch.sigmoid(self.fc2(F.relu(self.fc1(context)))) - 1.0
-        theta = theta.view(x.shape[0], self.groups, 2, self.k)
+        theta = theta.view(context.shape[0], self.groups, 2, self.k)
         return theta[:, :, 0] * self.lambda_a, theta[:, :, 1] * self.lambda_b
 
-    def attention(self, x: torch.Tensor) -> torch.Tensor:
-        """Spatial attention pi of shape (N, 1, H, W), each value in (0, 1] (variant C)."""
-        n, _, h, w = x.shape
-        z = self.spatial_conv(x).view(n, 1, h * w)
+    def attention(self, logits: torch.Tensor) -> torch.Tensor:
+        """Spatial attention pi (N, 1, H, W), each value in (0, 1], from the spatial conv's
+        output without its bias (variant C)."""
+        n, _, h, w = logits.shape
+        z = (logits + self.spatial_conv.bias.to(logits.dtype)).view(n, 1, h * w)
         pi = torch.softmax(z / self.tau, dim=-1) * (self.gamma * h * w)
         return pi.clamp(max=1.0).view(n, 1, h, w)
 
+    def _hyper(self, context: torch.Tensor, logits: Optional[torch.Tensor]):
+        """(a, b, pi) for the fused layer (see pose.models.dyrelu_function)."""
+        # The small tensors are computed in the parameters' precision, even under autocast.
+        with torch.autocast(context.device.type, enabled=False):
+            dtype = self.fc1.weight.dtype
+            da, db = self.coefficients(context.to(dtype))
+            pi = None if logits is None else self.attention(logits.to(dtype))
+        if self.variant == "c" and self.spatial == "residual":
+            return da, db, pi
+        return self.alpha.to(dtype) + da, self.beta.to(dtype) + db, pi
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        da, db = self.coefficients(x)
-        alpha, beta = self.alpha.to(da.dtype), self.beta.to(db.dtype)
-        if self.variant != "c":
-            return piecewise_max(x, alpha + da, beta + db)
-        pi = self.attention(x)
-        if self.spatial == "coefficient":
-            # pi >= 0, so max_k(pi * (a x + b)) = pi * max_k(a x + b)
-            return piecewise_max(x, alpha + da, beta + db, scale=pi)
-        # Per-pixel coefficients alpha + pi * da: an eager loop, kept simple for this option.
-        y = None
-        for k in range(self.k):
-            a_k = alpha[k] + pi * da[:, :, k, None, None]  # (N, G, H, W)
-            b_k = beta[k] + pi * db[:, :, k, None, None]
-            value = a_k * x + b_k
-            y = value if y is None else torch.maximum(y, value)
-        return y
+        if self.variant == "c":
+            mode, weight = self.spatial, self.spatial_conv.weight
+        else:
+            mode, weight = "plain", None
+        params = tuple(p for name, p in self.named_parameters() if name != "spatial_conv.weight")
+        return dyrelu(x, self._hyper, mode, self.alpha, self.beta, params, weight)
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, variant={self.variant}, k={self.k}"

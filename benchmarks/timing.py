@@ -1,0 +1,45 @@
+"""Timing helpers shared by the benchmarks: side-by-side medians on a steady allocator."""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import statistics
+import time
+from typing import Callable
+
+
+def keep_freed_memory() -> bool:
+    """Make glibc keep freed memory for reuse instead of returning it to the system.
+
+    By default every large tensor is a fresh mmap, so each step pays page faults for all its
+    big buffers; on this project's VM that cost is large and erratic (one layer's time varied
+    6x between runs). Keeping freed memory makes the timings measure the computation. It
+    applies to every variant alike. Returns False where glibc's mallopt is not available.
+    """
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return False
+    try:
+        mallopt = ctypes.CDLL(name).mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_max = -1, -4
+    return bool(mallopt(m_mmap_max, 0)) and bool(mallopt(m_trim_threshold, 2**30))
+
+
+def interleaved_medians(steps: dict[str, Callable[[], None]], repeats: int, warmup: int = 3,
+                        sync: Callable[[], None] = lambda: None) -> dict[str, float]:
+    """Median seconds of each step. The steps take turns, one call at a time, so that a slow
+    spell of the machine hits all of them alike."""
+    for step in steps.values():
+        for _ in range(warmup):
+            step()
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(repeats):
+        for name, step in steps.items():
+            sync()
+            start = time.perf_counter()
+            step()
+            sync()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
