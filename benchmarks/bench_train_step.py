@@ -20,6 +20,9 @@ from pose.models import build_model
 from timing import interleaved_medians, keep_freed_memory  # this folder
 
 ACTS = ("relu", "dyrelu_a", "dyrelu_b", "dyrelu_c")
+# Measured last by default: PReLU is the cheapest activation that, like DY-ReLU, has learned
+# parameters and cannot run in place, so its ratio is the floor of any such activation here.
+FLOOR = ("prelu", "prelu")
 
 
 def saved_bytes_of_step(model, images) -> int:
@@ -93,10 +96,10 @@ def main() -> None:
     parser.add_argument("--system-malloc", action="store_true",
                         help="leave glibc's default of returning freed memory (timing.py)")
     parser.add_argument("--pairs", default=None,
-                        help="backbone/head pairs to run (default: all 16); the first is the "
-                             "baseline of the ratios")
+                        help="backbone/head pairs to run (default: all 16, then prelu/prelu); "
+                             "the first is the baseline of the ratios")
     args = parser.parse_args()
-    pairs = list(itertools.product(ACTS, ACTS)) if args.pairs is None else \
+    pairs = list(itertools.product(ACTS, ACTS)) + [FLOOR] if args.pairs is None else \
         [tuple(pair.split("/")) for pair in args.pairs.split(",")]
     torch.set_num_threads(args.threads)
     steady = not args.system_malloc and keep_freed_memory()
