@@ -52,6 +52,18 @@ def test_overrides_are_parsed_as_yaml_and_validated():
         load_config(COCO_CONFIG, ["data.input_size=[64, 48]"])
 
 
+def test_grid_acts_default_to_the_four_variants_and_are_validated():
+    assert load_config(COCO_CONFIG).grid.acts == ["relu", "dyrelu_a", "dyrelu_b", "dyrelu_c"]
+    synthetic = load_config(SYNTHETIC_CONFIG).grid.acts
+    assert synthetic[-1] == {"name": "dyrelu_c", "spatial": "residual"}
+    with pytest.raises(ConfigError, match=r"'grid.acts\[1\]'.*unknown activation 'dyrelu_d'"):
+        load_config(COCO_CONFIG, ["grid.acts=[relu, dyrelu_d]"])
+    with pytest.raises(ConfigError, match="'grid.acts': needs at least one"):
+        load_config(COCO_CONFIG, ["grid.acts=[]"])
+    with pytest.raises(ConfigError, match="'grid.acts': expected a list of Any, got 'relu'"):
+        load_config(COCO_CONFIG, ["grid.acts=relu"])
+
+
 def test_saved_config_reloads_to_the_same_config(tmp_path):
     cfg = load_config(SYNTHETIC_CONFIG, ["model.head.act=dyrelu_b"])
     save_config(cfg, tmp_path / "config.yaml")

@@ -88,7 +88,8 @@ def test_interrupted_grid_reruns_no_finished_cell_and_writes_all_tables(syntheti
     rows = list(csv.DictReader((out / "table2.csv").open()))
     assert len(rows) == 16 and rows[0]["backbone"] == "relu" and rows[1]["head"] == "dyrelu_a"
     markdown = (out / "table2.md").read_text()
-    assert "| DY-ReLU-C |" in markdown and "synthetic" in markdown
+    # The synthetic config's grid.acts: DY-ReLU-C with its attention on the residuals.
+    assert "| DY-ReLU-C (spatial=residual) |" in markdown and "synthetic" in markdown
     assert (out / "table2.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
