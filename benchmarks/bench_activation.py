@@ -5,7 +5,7 @@ ReLU, our DY-ReLU-A/B/C (the whole module: hyper function, attention, piecewise 
 naive DY-ReLU written here from the formulas, which materialises (N, C, H, W, K). Prints each
 as a ratio to ReLU.
 
-Times are medians of interleaved steps (benchmarks/timing.py).
+Times are medians of interleaved steps (benchmarks/measurements.py).
 
     python benchmarks/bench_activation.py [--threads 2] [--device cpu|cuda] [--amp bf16]
 """
@@ -18,7 +18,7 @@ from torch import nn
 
 from pose.models.activations import DyReLU
 
-from timing import interleaved_medians, keep_freed_memory  # this folder
+from measurements import interleaved_medians, keep_freed_memory, saved_bytes  # this folder
 
 SHAPES = [(32, 24, 64, 48), (32, 96, 32, 24), (32, 192, 32, 24), (32, 96, 64, 48)]
 
@@ -42,19 +42,6 @@ class NaiveDyReLU(nn.Module):
         return (a * x[..., None] + b).max(dim=-1).values
 
 
-def saved_bytes(module: nn.Module, x: torch.Tensor) -> int:
-    """Bytes of the distinct tensors autograd keeps for backward, x itself included."""
-    storages = {}
-
-    def pack(t):
-        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        module(x)
-    return sum(storages.values())
-
-
 def fwd_bwd_step(layer: nn.Module, x: torch.Tensor, grad: torch.Tensor, amp):
     def step():
         with torch.autocast(x.device.type, dtype=amp, enabled=amp is not None):
@@ -72,7 +59,7 @@ def main() -> None:
     parser.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none")
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--system-malloc", action="store_true",
-                        help="leave glibc's default of returning freed memory (timing.py)")
+                        help="leave glibc's default of returning freed memory (measurements.py)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     steady = not args.system_malloc and keep_freed_memory()
@@ -96,7 +83,8 @@ def main() -> None:
         steps = {name: fwd_bwd_step(layer, x, grad, amp) for name, layer in layers.items()}
         sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
         seconds = interleaved_medians(steps, args.repeats, sync=sync)
-        results = {name: (seconds[name], saved_bytes(layer, x)) for name, layer in layers.items()}
+        results = {name: (seconds[name], saved_bytes(lambda: layer(x)))
+                   for name, layer in layers.items()}
         base_time, base_bytes = results["relu"]
         for name, (seconds, nbytes) in results.items():
             naive = ""

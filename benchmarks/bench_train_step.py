@@ -1,8 +1,9 @@
 """Full train step (forward, MSE loss, backward, Adam) for all 16 pairings, side by side.
 
 Prints img/s and memory for each backbone/head pairing as ratios to the first (ReLU/ReLU by
-default) measured in the same run, timed as medians of interleaved steps (timing.py). Memory is the peak allocated on CUDA; on the CPU, which has no such counter, the
-bytes autograd saves for backward (the activation memory a step holds at its peak).
+default) measured in the same run, timed as medians of interleaved steps (measurements.py).
+Memory is the peak allocated on CUDA; on the CPU, which has no such counter, the bytes
+autograd saves for backward (the activation memory a step holds at its peak).
 
     python benchmarks/bench_train_step.py [--device cpu|cuda] [--batch 16] [--size 256 192]
         [--amp bf16] [--channels-last] [--pairs relu/relu,dyrelu_c/dyrelu_c]
@@ -17,24 +18,12 @@ import torch
 from pose.config import ModelConfig
 from pose.models import build_model
 
-from timing import interleaved_medians, keep_freed_memory  # this folder
+from measurements import interleaved_medians, keep_freed_memory, saved_bytes  # this folder
 
 ACTS = ("relu", "dyrelu_a", "dyrelu_b", "dyrelu_c")
 # Measured last by default: PReLU is the cheapest activation that, like DY-ReLU, has learned
 # parameters and cannot run in place, so its ratio is the floor of any such activation here.
 FLOOR = ("prelu", "prelu")
-
-
-def saved_bytes_of_step(model, images) -> int:
-    storages = {}
-
-    def pack(t):
-        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        model(images).float().square().mean().backward()
-    return sum(storages.values())
 
 
 def train_step(backbone: str, head: str, args, device):
@@ -65,7 +54,7 @@ def train_step(backbone: str, head: str, args, device):
 
 
 def measure(pairs, args, device) -> dict[tuple[str, str], tuple[float, int]]:
-    """img/s and memory of each pairing, the steps interleaved (timing.py)."""
+    """img/s and memory of each pairing, the steps interleaved (measurements.py)."""
     built = {pair: train_step(*pair, args, device) for pair in pairs}
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     seconds = interleaved_medians({pair: step for pair, (step, _, _) in built.items()},
@@ -78,7 +67,7 @@ def measure(pairs, args, device) -> dict[tuple[str, str], tuple[float, int]]:
             step()
             memory = torch.cuda.max_memory_allocated()
         else:
-            memory = saved_bytes_of_step(model, images)
+            memory = saved_bytes(lambda: model(images).float().square().mean().backward())
         results[pair] = (args.batch / seconds[pair], memory)
     return results
 
@@ -94,7 +83,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--steps", type=int, default=3, help="timed steps per pairing")
     parser.add_argument("--system-malloc", action="store_true",
-                        help="leave glibc's default of returning freed memory (timing.py)")
+                        help="leave glibc's default of returning freed memory (measurements.py)")
     parser.add_argument("--pairs", default=None,
                         help="backbone/head pairs to run (default: all 16, then prelu/prelu); "
                              "the first is the baseline of the ratios")

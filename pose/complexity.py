@@ -4,8 +4,9 @@ Convention (written in the README too): MAdds are the multiply-adds of convoluti
 linear layers (torch.utils.flop_counter's FLOPs / 2; this includes DY-ReLU's hyper-function
 FCs), plus K per output element of each DY-ReLU (one multiply-add per linear piece) and, for
 DY-ReLU-C, C per output position for its 1x1 spatial conv (C -> 1), which the fused layer
-computes without calling a convolution operator. BatchNorm, pooling, element-wise activations, additions and
-upsampling are not counted, as in the MobileNetV2 and DY-ReLU papers.
+computes without calling a convolution operator. BatchNorm, pooling, element-wise
+activations, additions and upsampling are not counted, as in the MobileNetV2 and DY-ReLU
+papers.
 """
 from __future__ import annotations
 

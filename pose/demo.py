@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import torch
 
-from pose.data.coco import normalize, read_detection_file
+from pose.data.coco import clip_box, normalize, read_detection_file
 from pose.data.heatmap import HeatmapCodec
 from pose.data.transforms import box_to_center_scale, crop_matrix, invert_affine, warp
 from pose.engine.inference import HeatmapFn, predict
@@ -109,10 +109,14 @@ class TorchvisionPersonDetector:
 
 def person_crops(image: np.ndarray, boxes: Sequence[tuple[list[float], float]],
                  codec: HeatmapCodec, image_id: int, padding: float = 1.25) -> list[dict]:
-    """One evaluation-style sample per box, as TopDownCocoDataset would give it."""
+    """One evaluation-style sample per box, as TopDownCocoDataset would give it (boxes
+    clipped to the image first; one with nothing inside the image is dropped)."""
     height, width = codec.input_size
     samples = []
     for index, (box, score) in enumerate(boxes):
+        box = clip_box(box, image.shape[1], image.shape[0])
+        if box is None:
+            continue
         center, scale = box_to_center_scale(box, width / height, padding)
         matrix = crop_matrix(center, scale, 0.0, (width, height))
         samples.append({"image": normalize(warp(image, matrix, (width, height))),

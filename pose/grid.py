@@ -28,6 +28,7 @@ from pose.report import write_tables
 
 TOOLS = Path(__file__).resolve().parents[1] / "tools"
 
+
 def parse_acts(text: str) -> list[Any]:
     """'relu,dyrelu_c' or a YAML list ('[relu, {name: dyrelu_c, k: 3}]') -> specs."""
     text = text.strip()
@@ -71,14 +72,17 @@ class Cell:
     def log_path(self) -> Path:
         return self.folder / "train.log"
 
-    def is_complete(self, epochs: int) -> bool:
-        metrics = self.folder / "metrics.json"
-        if not metrics.is_file():
-            return False
+    def metrics(self) -> dict:
+        """The cell's metrics.json, or {} while there is none (or only a broken one)."""
+        path = self.folder / "metrics.json"
         try:
-            return json.loads(metrics.read_text()).get("epochs") == epochs
+            return json.loads(path.read_text()) if path.is_file() else {}
         except json.JSONDecodeError:
-            return False
+            return {}
+
+    def is_complete(self, epochs: int, metrics: Optional[dict] = None) -> bool:
+        metrics = self.metrics() if metrics is None else metrics
+        return metrics.get("epochs") == epochs
 
 
 def make_cells(acts: Sequence[Any], out: Path, overrides: Sequence[str]) -> list[Cell]:

@@ -60,8 +60,7 @@ def collect(cfg: Config, cells, status: dict[str, str]) -> list[dict]:
     height, width = cfg.data.input_size
     rows, cost_cache = [], {}
     for cell in cells:
-        metrics_path = cell.folder / "metrics.json"
-        metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+        metrics = cell.metrics()
         key = json.dumps([cell.backbone, cell.head])
         if key not in cost_cache:
             model_cfg = copy.deepcopy(cfg.model)
@@ -70,7 +69,7 @@ def collect(cfg: Config, cells, status: dict[str, str]) -> list[dict]:
                 cost_cache[key] = complexity(build_model(model_cfg), (1, 3, height, width))
             except Exception:  # the cell's own log says why its model cannot be built
                 cost_cache[key] = {"params": None, "madds": None}
-        complete = cell.is_complete(cfg.train.epochs)
+        complete = cell.is_complete(cfg.train.epochs, metrics)
         rows.append({
             "backbone": cell.backbone, "head": cell.head, "folder": str(cell.folder),
             "status": "finished" if complete else status.get(cell.name, "not run"),
@@ -128,6 +127,13 @@ def markdown(cfg: Config, acts: Sequence[Any], rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _csv_value(value: Any) -> Any:
+    """None -> empty field; an activation mapping -> its JSON text."""
+    if value is None:
+        return ""
+    return json.dumps(value) if isinstance(value, dict) else value
+
+
 def csv_text(rows: list[dict]) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
@@ -135,13 +141,9 @@ def csv_text(rows: list[dict]) -> str:
                      "train_time_s", "paper_AP", "folder"])
     for r in rows:
         stats = [f"{r['stats'][s]:.4f}" if r["stats"] else "" for s in STAT_NAMES]
-        writer.writerow([json.dumps(r["backbone"]) if not isinstance(r["backbone"], str)
-                         else r["backbone"],
-                         json.dumps(r["head"]) if not isinstance(r["head"], str) else r["head"],
-                         r["status"], *stats, r["params"] if r["params"] is not None else "",
-                         r["madds"] if r["madds"] is not None else "",
-                         r["train_time_s"] if r["train_time_s"] is not None else "",
-                         r["paper_ap"] if r["paper_ap"] is not None else "", r["folder"]])
+        writer.writerow([_csv_value(r[key]) for key in ("backbone", "head", "status")] + stats
+                        + [_csv_value(r[key]) for key in ("params", "madds", "train_time_s",
+                                                           "paper_ap", "folder")])
     return buffer.getvalue()
 
 
@@ -186,7 +188,8 @@ def write_tables(cfg: Config, acts: Sequence[Any], cells, status: dict[str, str]
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "table2.json", table)
     atomic_write_text(out / "table2.csv", csv_text(rows))
-    atomic_write_text(out / "table2.md", markdown(cfg, acts, rows))
+    text = markdown(cfg, acts, rows)
+    atomic_write_text(out / "table2.md", text)
     heatmap_png(cfg, acts, rows, out / "table2.png")
-    print(markdown(cfg, acts, rows))
+    print(text)
     return table

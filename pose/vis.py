@@ -9,12 +9,12 @@ from typing import Optional
 import cv2
 import numpy as np
 
-from pose.data.keypoints import SKELETON, is_left, is_right
+from pose.data.keypoints import NUM_KEYPOINTS, SKELETON, is_left, is_right
 
 LEFT_COLOUR, RIGHT_COLOUR, CENTRE_COLOUR = (40, 140, 255), (255, 120, 30), (60, 220, 60)
 
 
-def _side_colour(a: int, b: int = None) -> tuple[int, int, int]:
+def _side_colour(a: int, b: Optional[int] = None) -> tuple[int, int, int]:
     joints = (a,) if b is None else (a, b)
     if all(is_left(j) for j in joints):
         return LEFT_COLOUR
@@ -35,7 +35,7 @@ def draw_skeletons(image: np.ndarray, keypoints: np.ndarray, score_threshold: fl
     canvas = np.ascontiguousarray(image).copy()
     for x, y, w, h in ([] if boxes is None else np.asarray(boxes, dtype=float)):
         cv2.rectangle(canvas, (int(x), int(y)), (int(x + w), int(y + h)), (255, 255, 255), 1)
-    for person in np.asarray(keypoints, dtype=float).reshape(-1, 17, 3):
+    for person in np.asarray(keypoints, dtype=float).reshape(-1, NUM_KEYPOINTS, 3):
         shown = person[:, 2] > score_threshold
         points = [(int(round(x)), int(round(y))) for x, y in person[:, :2]]
         for a, b in SKELETON:

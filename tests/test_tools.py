@@ -131,3 +131,21 @@ def test_browse_dataset_writes_crops_with_targets(synthetic_data, tmp_path):
     assert len(pictures) == 5
     crop = cv2.imread(str(pictures[0]))
     assert crop.shape == (96, 2 * 64, 3)  # the crop beside its target heatmaps
+
+
+def test_demo_crops_boxes_like_the_dataset():
+    from pose.data.coco import clip_box
+    from pose.data.heatmap import HeatmapCodec
+    from pose.data.transforms import box_to_center_scale, crop_matrix, invert_affine
+    from pose.demo import person_crops
+
+    codec = HeatmapCodec((64, 48))
+    image = np.zeros((100, 80, 3), dtype=np.uint8)
+    inside, overhanging, outside = [10, 20, 30, 40], [60, -10, 50, 60], [200, 200, 10, 10]
+    samples = person_crops(image, [(inside, 0.9), (overhanging, 0.8), (outside, 0.7)], codec, 5)
+    assert [s["index"] for s in samples] == [0, 1]  # the box outside the image is dropped
+    for sample, box in zip(samples, (inside, overhanging)):
+        center, scale = box_to_center_scale(clip_box(box, 80, 100), 48 / 64, 1.25)
+        expected = invert_affine(crop_matrix(center, scale, 0.0, (48, 64)))
+        np.testing.assert_allclose(sample["inv_matrix"].numpy(), expected)
+        assert sample["image"].shape == (3, 64, 48) and sample["image_id"] == 5

@@ -14,6 +14,7 @@ import numpy as np
 
 from pose.cli import add_config_arguments, config_from_args, run
 from pose.data.build import make_codec
+from pose.data.keypoints import NUM_KEYPOINTS
 from pose.demo import (DetectionFile, TorchvisionPersonDetector, list_images, parse_boxes,
                        predict_people, read_rgb)
 from pose.engine.inference import model_heatmaps
@@ -80,10 +81,12 @@ def main(argv=None) -> int:
             continue
         results = predict_people(heatmap_fn, image, boxes, codec, image_id,
                                  keypoint_score_threshold=cfg.eval.keypoint_score_threshold)
-        keypoints = np.array([r["keypoints"] for r in results]).reshape(-1, 17, 3)
+        keypoints = np.array([r["keypoints"] for r in results]).reshape(-1, NUM_KEYPOINTS, 3)
         box_array = np.array([b for b, _ in boxes]) if args.draw_boxes and boxes else None
         picture = draw_skeletons(image, keypoints, args.kpt_threshold, box_array)
         ok, encoded = cv2.imencode(".jpg", cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
+        if not ok:
+            raise DataError(f"could not encode the picture for {path} as JPEG")
         atomic_write(out / f"{path.stem}.jpg", lambda f: f.write(encoded.tobytes()), mode="wb")
         atomic_write_json(out / f"{path.stem}.json", results)
         written += 1

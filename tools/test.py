@@ -25,7 +25,7 @@ def main(argv=None) -> int:
     boxes.add_argument("--det-file", help="detector results file (default: data.det_file)")
     parser.add_argument("--no-flip", action="store_true", help="turn flip test off")
     parser.add_argument("--work-dir", help="where results.json and metrics.json go "
-                        "(default: the checkpoint's folder, or work_dirs/oracle)")
+                        "(default: CHECKPOINT_FOLDER/test, or work_dirs/oracle)")
     args = parser.parse_args(argv)
     if args.no_flip:
         args.overrides.append("eval.flip_test=false")

@@ -117,12 +117,12 @@ class DyReLU(nn.Module):
         return self.alpha.to(dtype) + da, self.beta.to(dtype) + db, pi
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.variant == "c":
-            mode, weight = self.spatial, self.spatial_conv.weight
-        else:
-            mode, weight = "plain", None
-        params = tuple(p for name, p in self.named_parameters() if name != "spatial_conv.weight")
-        return dyrelu(x, self._hyper, mode, self.alpha, self.beta, params, weight)
+        # What _hyper reads; the spatial conv's weight goes to the kernels instead.
+        params = (self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias)
+        if self.variant != "c":
+            return dyrelu(x, self._hyper, "plain", self.alpha, self.beta, params)
+        return dyrelu(x, self._hyper, self.spatial, self.alpha, self.beta,
+                      params + (self.spatial_conv.bias,), self.spatial_conv.weight)
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, variant={self.variant}, k={self.k}"

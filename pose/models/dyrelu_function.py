@@ -42,13 +42,17 @@ def _accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
 
+def _piece(coeff: Tensor, k: int, dtype: torch.dtype) -> Tensor:
+    """Piece k of (N, G, K) coefficients as (N, G, 1, 1), broadcastable against x."""
+    return coeff[:, :, k].to(dtype)[:, :, None, None]
+
+
 def _pieces(x: Tensor, a: Tensor, b: Tensor, alpha: Tensor, beta: Tensor,
             pi: Optional[Tensor], mode: str) -> list[tuple[Tensor, Tensor]]:
     """(slope, intercept) of each piece, broadcastable against x."""
     pieces = []
     for k in range(a.shape[-1]):
-        slope = a[:, :, k].to(x.dtype)[:, :, None, None]  # (N, G, 1, 1)
-        intercept = b[:, :, k].to(x.dtype)[:, :, None, None]
+        slope, intercept = _piece(a, k, x.dtype), _piece(b, k, x.dtype)
         if mode == "residual":
             p = pi.to(x.dtype)
             slope = alpha[k].to(x.dtype) + p * slope  # (N, G, H, W)
@@ -126,8 +130,7 @@ def attention_grad_kernel(x: Tensor, a: Tensor, b: Tensor, alpha: Tensor, beta: 
     masks = _winner_masks(x, _pieces(x, a, b, alpha, beta, pi, mode))
     residual = 0
     for k, mask in enumerate(masks):
-        piece = a[:, :, k].to(x.dtype)[:, :, None, None] * x + b[:, :, k].to(x.dtype)[:, :, None, None]
-        residual = residual + mask * piece
+        residual = residual + mask * (_piece(a, k, x.dtype) * x + _piece(b, k, x.dtype))
     return (grad.to(acc) * residual.to(acc)).sum(1, keepdim=True)
 
 

@@ -1,11 +1,28 @@
-"""Timing helpers shared by the benchmarks: side-by-side medians on a steady allocator."""
+"""What the benchmarks share: side-by-side medians on a steady allocator, and the bytes
+autograd keeps for backward."""
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
 import statistics
 import time
-from typing import Callable
+from typing import Any, Callable
+
+import torch
+
+
+def saved_bytes(forward: Callable[[], Any]) -> int:
+    """Bytes of the distinct storages autograd saves for backward while ``forward()`` runs
+    (inputs it saves included): the activation memory a step holds at its peak."""
+    storages = {}
+
+    def pack(t):
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        forward()
+    return sum(storages.values())
 
 
 def keep_freed_memory() -> bool:
