@@ -5,7 +5,21 @@ ReLU, our DY-ReLU-A/B/C (the whole module: hyper function, attention, piecewise 
 naive DY-ReLU written here from the formulas, which materialises (N, C, H, W, K). Prints each
 as a ratio to ReLU.
 
-Times are medians of interleaved steps (benchmarks/measurements.py).
+It also times a floor for each variant: ReLU's step plus the full-tensor reads that variant
+cannot avoid, each done by ATen's reduction (ATen's fastest pass over a tensor on the CPU).
+A and B must read x once more for the pooling, and x and the output gradient once more for
+the coefficient gradients, which must be complete before the input gradient can include the
+pooling's gradient. C must also read x for the attention logits, x and the gradient for the
+attention gradient, and x for the spatial conv's weight gradient. A layer can beat its floor
+only by doing its arithmetic for free.
+
+The last shape is tiny, so its times are the fixed cost of a layer (Python, the autograd
+function, the hyper function, one call per compiled kernel). Last, one pass y = 2x is timed
+through ATen and through torch.compile: what inductor's generated CPU loops cost against
+ATen's for the same memory traffic.
+
+Times are medians of interleaved steps (benchmarks/measurements.py); each step reads its own
+copy of the input and gradient, so no step finds another's data in cache.
 
     python benchmarks/bench_activation.py [--threads 2] [--device cpu|cuda] [--amp bf16]
 """
@@ -20,7 +34,7 @@ from pose.models.activations import DyReLU
 
 from measurements import interleaved_medians, keep_freed_memory, saved_bytes  # this folder
 
-SHAPES = [(32, 24, 64, 48), (32, 96, 32, 24), (32, 192, 32, 24), (32, 96, 64, 48)]
+SHAPES = [(32, 24, 64, 48), (32, 96, 32, 24), (32, 192, 32, 24), (32, 96, 64, 48), (2, 96, 4, 4)]
 
 
 class NaiveDyReLU(nn.Module):
@@ -52,6 +66,30 @@ def fwd_bwd_step(layer: nn.Module, x: torch.Tensor, grad: torch.Tensor, amp):
     return step
 
 
+def floor_step(relu_step, x: torch.Tensor, grad: torch.Tensor, variant: str):
+    """ReLU's forward+backward plus the extra passes over memory of a DY-ReLU variant."""
+    def step():
+        relu_step()
+        with torch.no_grad():
+            x.sum((2, 3))  # pooling
+            x.sum((2, 3)), grad.sum((2, 3))  # coefficient gradients
+            if variant == "c":
+                x.sum(1)  # attention logits
+                x.sum(1), grad.sum(1)  # attention gradient
+                x.sum((0, 2, 3))  # spatial conv's weight gradient
+
+    return step
+
+
+def one_pass_times(shape, device, repeats: int) -> dict[str, float]:
+    """Seconds of y = 2x through ATen and through an inductor-compiled kernel."""
+    x, x_copy = torch.randn(shape, device=device), torch.randn(shape, device=device)
+    compiled = torch.compile(lambda t: t * 2.0, dynamic=True)
+    steps = {"aten": lambda: x * 2.0, "compiled": lambda: compiled(x_copy)}
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    return interleaved_medians(steps, repeats, sync=sync)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
@@ -68,7 +106,7 @@ def main() -> None:
     print(f"device {device}, {args.threads} threads, amp {args.amp}, "
           f"torch {torch.__version__}, freed memory kept: {steady}")
     print(f"{'shape (N,C,H,W)':>20} {'layer':>10} {'ms':>8} {'x ReLU':>7} "
-          f"{'saved MB':>9} {'x ReLU':>7} {'naive/ours':>10}")
+          f"{'saved MB':>9} {'x ReLU':>7} {'naive/ours':>10} {'ours/floor':>10}")
     for shape in SHAPES:
         torch.manual_seed(0)
         x = torch.randn(shape, device=device, requires_grad=True)
@@ -80,18 +118,34 @@ def main() -> None:
         for layer in layers.values():
             layer.to(device)
         grad = torch.randn_like(x)
-        steps = {name: fwd_bwd_step(layer, x, grad, amp) for name, layer in layers.items()}
+        # Each step reads its own copy of x and the gradient: with one shared copy, a step
+        # that follows one that read it finds it in cache, and the order changes the ratios.
+        copies = {name: (x.detach().clone().requires_grad_(), grad.clone())
+                  for name in [*layers, "floor_ab", "floor_c"]}
+        steps = {name: fwd_bwd_step(layer, *copies[name], amp) for name, layer in layers.items()}
+        for name, variant in (("floor_ab", "b"), ("floor_c", "c")):
+            relu_step = fwd_bwd_step(layers["relu"], *copies[name], amp)
+            steps[name] = floor_step(relu_step, *copies[name], variant)
         sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
         seconds = interleaved_medians(steps, args.repeats, sync=sync)
         results = {name: (seconds[name], saved_bytes(lambda: layer(x)))
                    for name, layer in layers.items()}
         base_time, base_bytes = results["relu"]
-        for name, (seconds, nbytes) in results.items():
-            naive = ""
+        for name, (elapsed, nbytes) in results.items():
+            naive = floor = ""
             if name.startswith("dyrelu"):
-                naive = f"{results['naive_' + name[-1]][0] / seconds:.2f}x"
-            print(f"{str(shape):>20} {name:>10} {seconds * 1e3:8.2f} {seconds / base_time:6.2f}x "
-                  f"{nbytes / 2**20:9.1f} {nbytes / base_bytes:6.2f}x {naive:>10}", flush=True)
+                naive = f"{results['naive_' + name[-1]][0] / elapsed:.2f}x"
+                floor = f"{elapsed / seconds['floor_c' if name[-1] == 'c' else 'floor_ab']:.2f}x"
+            print(f"{str(shape):>20} {name:>10} {elapsed * 1e3:8.2f} {elapsed / base_time:6.2f}x "
+                  f"{nbytes / 2**20:9.1f} {nbytes / base_bytes:6.2f}x {naive:>10} {floor:>10}")
+        for name in ("floor_ab", "floor_c"):
+            print(f"{str(shape):>20} {name:>10} {seconds[name] * 1e3:8.2f} "
+                  f"{seconds[name] / base_time:6.2f}x", flush=True)
+
+    shape = SHAPES[1]
+    one_pass = one_pass_times(shape, device, args.repeats)
+    print(f"one pass y = 2x at {shape}: ATen {one_pass['aten'] * 1e3:.3f} ms, torch.compile "
+          f"{one_pass['compiled'] * 1e3:.3f} ms ({one_pass['compiled'] / one_pass['aten']:.2f}x)")
 
 
 if __name__ == "__main__":

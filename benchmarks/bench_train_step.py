@@ -6,7 +6,11 @@ Memory is the peak allocated on CUDA; on the CPU, which has no such counter, the
 autograd saves for backward (the activation memory a step holds at its peak).
 
     python benchmarks/bench_train_step.py [--device cpu|cuda] [--batch 16] [--size 256 192]
-        [--amp bf16] [--channels-last] [--pairs relu/relu,dyrelu_c/dyrelu_c]
+        [--amp bf16] [--channels-last] [--compile] [--pairs relu/relu,dyrelu_c/dyrelu_c]
+
+``--compile`` adds, for each pairing, the same model wrapped in ``torch.compile`` (rows
+marked "compiled"), measured in the same run. Its DY-ReLU layers reach inductor as plain
+operators (pose.models.dyrelu_function.eager_required).
 """
 from __future__ import annotations
 
@@ -26,7 +30,7 @@ ACTS = ("relu", "dyrelu_a", "dyrelu_b", "dyrelu_c")
 FLOOR = ("prelu", "prelu")
 
 
-def train_step(backbone: str, head: str, args, device):
+def train_step(backbone: str, head: str, compiled: bool, args, device):
     """(one train step as a callable, its model, its images) for a backbone/head pairing."""
     cfg = ModelConfig()
     cfg.backbone.act, cfg.head.act = backbone, head
@@ -38,6 +42,8 @@ def train_step(backbone: str, head: str, args, device):
         images = images.contiguous(memory_format=torch.channels_last)
     target = torch.rand(args.batch, 17, args.size[0] // 4, args.size[1] // 4, device=device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    if compiled:
+        model = torch.compile(model)
     amp = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.amp]
     scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
 
@@ -53,8 +59,9 @@ def train_step(backbone: str, head: str, args, device):
     return step, model, images
 
 
-def measure(pairs, args, device) -> dict[tuple[str, str], tuple[float, int]]:
-    """img/s and memory of each pairing, the steps interleaved (measurements.py)."""
+def measure(pairs, args, device) -> dict[tuple[str, str, bool], tuple[float, int]]:
+    """img/s and memory of each (backbone, head, compiled), the steps interleaved
+    (measurements.py)."""
     built = {pair: train_step(*pair, args, device) for pair in pairs}
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     seconds = interleaved_medians({pair: step for pair, (step, _, _) in built.items()},
@@ -79,6 +86,8 @@ def main() -> None:
     parser.add_argument("--size", type=int, nargs=2, default=[256, 192])
     parser.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none")
     parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--compile", action="store_true",
+                        help="also run each pairing under torch.compile")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--steps", type=int, default=3, help="timed steps per pairing")
@@ -90,6 +99,8 @@ def main() -> None:
     args = parser.parse_args()
     pairs = list(itertools.product(ACTS, ACTS)) + [FLOOR] if args.pairs is None else \
         [tuple(pair.split("/")) for pair in args.pairs.split(",")]
+    pairs = [(*pair, compiled) for pair in pairs
+             for compiled in ((False, True) if args.compile else (False,))]
     torch.set_num_threads(args.threads)
     steady = not args.system_malloc and keep_freed_memory()
     device = torch.device(args.device)
@@ -99,9 +110,10 @@ def main() -> None:
     print(f"{'backbone':>9} {'head':>9} {'img/s':>8} {'time x 1st':>10} {kind:>9} {'x 1st':>6}")
     results = measure(pairs, args, device)
     base = results[pairs[0]]
-    for (backbone, head), (speed, memory) in results.items():
+    for (backbone, head, compiled), (speed, memory) in results.items():
         print(f"{backbone:>9} {head:>9} {speed:8.1f} {base[0] / speed:9.2f}x "
-              f"{memory / 2**20:9.1f} {memory / base[1]:5.2f}x", flush=True)
+              f"{memory / 2**20:9.1f} {memory / base[1]:5.2f}x{'  compiled' if compiled else ''}",
+              flush=True)
 
 
 if __name__ == "__main__":

@@ -214,3 +214,19 @@ def test_dyrelu_kernels_compile_once_for_every_channel_count(variant):
         assert not dyrelu_function._Kernel.broken
     finally:
         dyrelu_function._Kernel.broken = False
+
+
+
+def test_whole_model_compile_traces_plain_operators_with_the_same_gradients():
+    # Inside torch.compile the layer hands inductor the formula as plain operators
+    # (eager_required); the compiled model must learn what the eager one learns.
+    torch.manual_seed(7)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8),
+                          randomised(DyReLU(8, variant="c", reduction=2)), nn.Conv2d(8, 4, 1))
+    x = torch.randn(2, 3, 6, 5)
+    model(x).square().sum().backward()
+    expected = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    torch.compile(model, backend="aot_eager")(x).square().sum().backward()
+    for param, grad in zip(model.parameters(), expected):
+        torch.testing.assert_close(param.grad, grad, atol=1e-4, rtol=1e-4)
