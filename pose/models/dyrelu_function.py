@@ -20,13 +20,13 @@ fewest this algorithm allows: forward reads x for the pooled context (and for va
 attention logits), then reads x and writes y; backward reads x and the output gradient once
 for the coefficient gradients (and once for the attention gradient), then once to write the
 input gradient, into which the gradients through the pooling and the 1x1 spatial conv are
-folded, so autograd never adds a broadcast gradient pass. Each kernel below but the plain
-pooling (ATen's mean) is compiled with ``torch.compile`` (inductor) into one or two loops,
-with dynamic shapes so one compilation serves every layer. Kernels compiled per shape ran
-10-25% faster on their own, but a whole train step at 256x192 did not get faster, and each
-new shape cost seconds of compilation. Separate graphs matter: fused into one, the
-reductions over (H, W) and over C get a poor loop order. ``POSE_DYRELU_COMPILE=0`` runs the
-kernels eagerly; if compilation fails they run eagerly with a warning.
+folded, so autograd never adds a broadcast gradient pass. Each kernel below is compiled with
+``torch.compile`` (inductor) into one or two loops, with dynamic shapes so one compilation
+serves every layer. Kernels compiled per shape ran 10-25% faster on their own, but a whole
+train step at 256x192 did not get faster, and each new shape cost seconds of compilation.
+Separate graphs matter: fused into one, the reductions over (H, W) and over C get a poor
+loop order. ``POSE_DYRELU_COMPILE=0`` runs the kernels eagerly; if compilation fails they
+run eagerly with a warning.
 """
 from __future__ import annotations
 
@@ -198,18 +198,7 @@ class _Kernel:
             return self.fn(*args)
 
 
-_context_and_logits = _Kernel(context_kernel)
-
-
-def context(x: Tensor, spatial_weight: Optional[Tensor]):
-    """context_kernel, the fastest way. Measured on the CPU, ATen's mean takes half the time
-    of the compiled one (it keeps several partial sums in flight; inductor's loop keeps one),
-    so only variant C's pass, which makes the logits too, is compiled."""
-    if spatial_weight is None:
-        return context_kernel(x, None)
-    return _context_and_logits(x, spatial_weight)
-
-
+context = _Kernel(context_kernel)
 forward = _Kernel(forward_kernel)
 _coeff_grad = _Kernel(coeff_grad_kernel)
 _attention_grad = _Kernel(attention_grad_kernel)
