@@ -6,7 +6,7 @@ naive DY-ReLU written here from the formulas, which materialises (N, C, H, W, K)
 as a ratio to ReLU.
 
 It also times a floor for each variant: ReLU's step plus the full-tensor reads that variant
-cannot avoid, each done by ATen's reduction (ATen's fastest pass over a tensor on the CPU).
+cannot avoid, each done by one ATen reduction.
 A and B must read x once more for the pooling, and x and the output gradient once more for
 the coefficient gradients, which must be complete before the input gradient can include the
 pooling's gradient. C must also read x for the attention logits, x and the gradient for the
