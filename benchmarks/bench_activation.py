@@ -32,7 +32,8 @@ from torch import nn
 
 from pose.models.activations import DyReLU
 
-from measurements import interleaved_medians, keep_freed_memory, saved_bytes  # this folder
+from measurements import (  # this folder
+    device_sync, interleaved_medians, keep_freed_memory, saved_bytes)
 
 SHAPES = [(32, 24, 64, 48), (32, 96, 32, 24), (32, 192, 32, 24), (32, 96, 64, 48), (2, 96, 4, 4)]
 
@@ -86,8 +87,7 @@ def one_pass_times(shape, device, repeats: int) -> dict[str, float]:
     x, x_copy = torch.randn(shape, device=device), torch.randn(shape, device=device)
     compiled = torch.compile(lambda t: t * 2.0, dynamic=True)
     steps = {"aten": lambda: x * 2.0, "compiled": lambda: compiled(x_copy)}
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    return interleaved_medians(steps, repeats, sync=sync)
+    return interleaved_medians(steps, repeats, sync=device_sync(device))
 
 
 def main() -> None:
@@ -126,8 +126,7 @@ def main() -> None:
         for name, variant in (("floor_ab", "b"), ("floor_c", "c")):
             relu_step = fwd_bwd_step(layers["relu"], *copies[name], amp)
             steps[name] = floor_step(relu_step, *copies[name], variant)
-        sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-        seconds = interleaved_medians(steps, args.repeats, sync=sync)
+        seconds = interleaved_medians(steps, args.repeats, sync=device_sync(device))
         results = {name: (seconds[name], saved_bytes(lambda: layer(x)))
                    for name, layer in layers.items()}
         base_time, base_bytes = results["relu"]

@@ -22,11 +22,13 @@ import torch
 from pose.config import ModelConfig
 from pose.models import build_model
 
-from measurements import interleaved_medians, keep_freed_memory, saved_bytes  # this folder
+from measurements import (  # this folder
+    device_sync, interleaved_medians, keep_freed_memory, saved_bytes)
 
 ACTS = ("relu", "dyrelu_a", "dyrelu_b", "dyrelu_c")
 # Measured last by default: PReLU is the cheapest activation that, like DY-ReLU, has learned
-# parameters and cannot run in place, so its ratio is the floor of any such activation here.
+# parameters and cannot run in place, so in eager mode its ratio is the floor of any such
+# activation here (under --compile, inductor fuses it with BatchNorm: README, Performance).
 FLOOR = ("prelu", "prelu")
 
 
@@ -59,15 +61,14 @@ def train_step(backbone: str, head: str, compiled: bool, args, device):
     return step, model, images
 
 
-def measure(pairs, args, device) -> dict[tuple[str, str, bool], tuple[float, int]]:
-    """img/s and memory of each (backbone, head, compiled), the steps interleaved
+def measure(runs, args, device) -> dict[tuple[str, str, bool], tuple[float, int]]:
+    """img/s and memory of each run (backbone, head, compiled), the steps interleaved
     (measurements.py)."""
-    built = {pair: train_step(*pair, args, device) for pair in pairs}
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    seconds = interleaved_medians({pair: step for pair, (step, _, _) in built.items()},
-                                  args.steps, warmup=args.warmup, sync=sync)
+    built = {run: train_step(*run, args, device) for run in runs}
+    seconds = interleaved_medians({run: step for run, (step, _, _) in built.items()},
+                                  args.steps, warmup=args.warmup, sync=device_sync(device))
     results = {}
-    for pair, (step, model, images) in built.items():
+    for run, (step, model, images) in built.items():
         if device.type == "cuda":
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
@@ -77,7 +78,7 @@ def measure(pairs, args, device) -> dict[tuple[str, str, bool], tuple[float, int
             # Forward only: what backward itself saves (the fused layer recomputes its small
             # hyper-function graph there) is freed layer by layer, not held at the peak.
             memory = saved_bytes(lambda: model(images).float().square().mean())
-        results[pair] = (args.batch / seconds[pair], memory)
+        results[run] = (args.batch / seconds[run], memory)
     return results
 
 
@@ -101,8 +102,8 @@ def main() -> None:
     args = parser.parse_args()
     pairs = list(itertools.product(ACTS, ACTS)) + [FLOOR] if args.pairs is None else \
         [tuple(pair.split("/")) for pair in args.pairs.split(",")]
-    pairs = [(*pair, compiled) for pair in pairs
-             for compiled in ((False, True) if args.compile else (False,))]
+    runs = [(*pair, compiled) for pair in pairs
+            for compiled in ((False, True) if args.compile else (False,))]
     torch.set_num_threads(args.threads)
     steady = not args.system_malloc and keep_freed_memory()
     device = torch.device(args.device)
@@ -110,8 +111,8 @@ def main() -> None:
     print(f"device {device}, batch {args.batch}, {args.size[0]}x{args.size[1]}, amp {args.amp}, "
           f"{args.threads} threads, torch {torch.__version__}, freed memory kept: {steady}")
     print(f"{'backbone':>9} {'head':>9} {'img/s':>8} {'time x 1st':>10} {kind:>9} {'x 1st':>6}")
-    results = measure(pairs, args, device)
-    base = results[pairs[0]]
+    results = measure(runs, args, device)
+    base = results[runs[0]]
     for (backbone, head, compiled), (speed, memory) in results.items():
         print(f"{backbone:>9} {head:>9} {speed:8.1f} {base[0] / speed:9.2f}x "
               f"{memory / 2**20:9.1f} {memory / base[1]:5.2f}x{'  compiled' if compiled else ''}",

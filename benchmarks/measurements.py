@@ -44,6 +44,11 @@ def keep_freed_memory() -> bool:
     return bool(mallopt(m_mmap_max, 0)) and bool(mallopt(m_trim_threshold, 2**30))
 
 
+def device_sync(device: torch.device) -> Callable[[], None]:
+    """What waits for a device's queued work before a clock is read: CUDA runs asynchronously."""
+    return torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+
 def interleaved_medians(steps: dict[str, Callable[[], None]], repeats: int, warmup: int = 3,
                         sync: Callable[[], None] = lambda: None) -> dict[str, float]:
     """Median seconds of each step. The steps take turns, one call at a time, so that a slow

@@ -216,7 +216,6 @@ def test_dyrelu_kernels_compile_once_for_every_channel_count(variant):
         dyrelu_function._Kernel.broken = False
 
 
-
 def test_whole_model_compile_traces_plain_operators_with_the_same_gradients():
     # Inside torch.compile the layer hands inductor the formula as plain operators
     # (eager_required); the compiled model must learn what the eager one learns.
