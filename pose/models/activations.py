@@ -19,9 +19,9 @@ from __future__ import annotations
 from typing import Any, Mapping, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from pose.models import dyrelu_function
 from pose.models.dyrelu_function import dyrelu
 
 
@@ -93,36 +93,21 @@ class DyReLU(nn.Module):
     def coefficients(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Residual slopes and intercepts (da, db), each (N, groups, K), from the pooled
         context (N, C)."""
-        theta = 2.0 * torch.sigmoid(self.fc2(F.relu(self.fc1(context)))) - 1.0
-        theta = theta.view(context.shape[0], self.groups, 2, self.k)
-        return theta[:, :, 0] * self.lambda_a, theta[:, :, 1] * self.lambda_b
+        return dyrelu_function.coefficients(
+            context, self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias,
+            self.groups, self.k, self.lambda_a, self.lambda_b)[:2]
 
     def attention(self, logits: torch.Tensor) -> torch.Tensor:
         """Spatial attention pi (N, 1, H, W), each value in (0, 1], from the spatial conv's
         output without its bias (variant C)."""
-        n, _, h, w = logits.shape
-        z = (logits + self.spatial_conv.bias.to(logits.dtype)).view(n, 1, h * w)
-        pi = torch.softmax(z / self.tau, dim=-1) * (self.gamma * h * w)
-        return pi.clamp(max=1.0).view(n, 1, h, w)
-
-    def _hyper(self, context: torch.Tensor, logits: Optional[torch.Tensor]):
-        """(a, b, pi) for the fused layer (see pose.models.dyrelu_function)."""
-        # The small tensors are computed in the parameters' precision, even under autocast.
-        with torch.autocast(context.device.type, enabled=False):
-            dtype = self.fc1.weight.dtype
-            da, db = self.coefficients(context.to(dtype))
-            pi = None if logits is None else self.attention(logits.to(dtype))
-        if self.variant == "c" and self.spatial == "residual":
-            return da, db, pi
-        return self.alpha.to(dtype) + da, self.beta.to(dtype) + db, pi
+        return dyrelu_function.attention(logits, self.spatial_conv.bias, self.tau, self.gamma)[0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # What _hyper reads; the spatial conv's weight goes to the kernels instead.
-        params = (self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias)
         if self.variant != "c":
-            return dyrelu(x, self._hyper, "plain", self.alpha, self.beta, params)
-        return dyrelu(x, self._hyper, self.spatial, self.alpha, self.beta,
-                      params + (self.spatial_conv.bias,), self.spatial_conv.weight)
+            return dyrelu(x, self.fc1, self.fc2, self.alpha, self.beta, self.groups,
+                          self.lambda_a, self.lambda_b)
+        return dyrelu(x, self.fc1, self.fc2, self.alpha, self.beta, self.groups, self.lambda_a,
+                      self.lambda_b, self.spatial, self.spatial_conv, self.tau, self.gamma)
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, variant={self.variant}, k={self.k}"

@@ -35,6 +35,7 @@ import warnings
 from typing import Callable, Optional
 
 import torch
+import torch.nn.functional as F
 
 Tensor = torch.Tensor
 MODES = ("plain", "coefficient", "residual")
@@ -169,10 +170,9 @@ def _compile_enabled() -> bool:
 
 
 def eager_required() -> bool:
-    """True while something traces the model (export, whole-model torch.compile): it must see
-    plain differentiable operators, not our compiled kernels or custom backward."""
-    return (torch.compiler.is_compiling() or torch.compiler.is_exporting()
-            or torch.onnx.is_in_onnx_export() or torch.jit.is_tracing())
+    """True while something traces Python (torch.compile, an exporter): a kernel called then
+    must run as plain operators rather than start a compilation of its own."""
+    return torch.compiler.is_compiling() or _exporting()
 
 
 class _Kernel:
@@ -205,88 +205,249 @@ _attention_grad = _Kernel(attention_grad_kernel)
 _input_grad = _Kernel(input_grad_kernel)
 _spatial_weight_grad = _Kernel(spatial_weight_grad_kernel)
 
-# (context (N, C), logits (N, 1, H, W) or None) -> (a, b, pi or None), differentiable.
-HyperFunction = Callable[[Tensor, Optional[Tensor]], tuple[Tensor, Tensor, Optional[Tensor]]]
+
+# The hyper function: work on (N, C)- and (N, 1, H, W)-sized tensors, in the parameters'
+# precision. Written out, forward and backward, so that a layer is two custom operators and
+# backward needs neither autograd's engine nor a second run of the forward.
+
+def coefficients(context: Tensor, fc1_weight: Tensor, fc1_bias: Tensor, fc2_weight: Tensor,
+                 fc2_bias: Tensor, groups: int, k: int, lambda_a: float, lambda_b: float):
+    """Residual slopes and intercepts (da, db), each (N, groups, K), from the pooled context
+    (N, C), with the hidden activations and the sigmoid output that backward reuses."""
+    hidden = torch.relu(F.linear(context, fc1_weight, fc1_bias))
+    sig = torch.sigmoid(F.linear(hidden, fc2_weight, fc2_bias))
+    da, db = _residuals(sig, groups, k, lambda_a, lambda_b)
+    return da, db, hidden, sig
+
+
+def _residuals(sig: Tensor, groups: int, k: int, lambda_a: float, lambda_b: float):
+    theta = (2.0 * sig - 1.0).view(sig.shape[0], groups, 2, k)
+    return theta[:, :, 0] * lambda_a, theta[:, :, 1] * lambda_b
+
+
+def attention(logits: Tensor, bias: Tensor, tau: float, gamma: float) -> tuple[Tensor, Tensor]:
+    """The spatial attention pi (N, 1, H, W), each value in (0, 1], from the 1x1 spatial conv's
+    output without its bias; and the softmax over H*W (N, H*W) it is scaled from."""
+    n, _, h, w = logits.shape
+    softmax = torch.softmax((logits + bias.to(logits.dtype)).view(n, h * w) / tau, dim=-1)
+    return _scaled_attention(softmax, gamma, h, w), softmax
+
+
+def _scaled_attention(softmax: Tensor, gamma: float, h: int, w: int) -> Tensor:
+    return (softmax * (gamma * h * w)).clamp(max=1.0).view(-1, 1, h, w)
+
+
+def _full_coefficients(da: Tensor, db: Tensor, alpha: Tensor, beta: Tensor, mode: str):
+    """(a, b) as the kernels take them: mode "residual" applies alpha, beta itself."""
+    if mode == "residual":
+        return da, db
+    return alpha.to(da.dtype) + da, beta.to(db.dtype) + db
+
+
+def _coefficients_backward(grad_da: Tensor, grad_db: Tensor, context: Tensor, hidden: Tensor,
+                           sig: Tensor, fc1_weight: Tensor, fc2_weight: Tensor,
+                           lambda_a: float, lambda_b: float):
+    """Gradients of the pooled context, fc1 (weight, bias) and fc2 (weight, bias)."""
+    n = context.shape[0]
+    grad_theta = torch.stack((grad_da * lambda_a, grad_db * lambda_b), dim=2).view(n, -1)
+    grad_fc2 = grad_theta * (2.0 * sig * (1.0 - sig))  # through 2 * sigmoid - 1
+    grad_fc1 = (grad_fc2 @ fc2_weight) * (hidden > 0)  # ReLU: no gradient at 0, as autograd
+    return (grad_fc1 @ fc1_weight, grad_fc1.T @ context, grad_fc1.sum(0),
+            grad_fc2.T @ hidden, grad_fc2.sum(0))
+
+
+def _attention_backward(grad_pi: Tensor, softmax: Tensor, tau: float, gamma: float):
+    """Gradients of the bias-free logits (N, 1, H, W) and of the spatial conv's bias."""
+    n, _, h, w = grad_pi.shape
+    scale = gamma * h * w
+    # clamp(max=1) passes the gradient where its input is at most 1, as autograd does.
+    grad_softmax = grad_pi.view(n, h * w) * scale * (softmax * scale <= 1.0)
+    grad_z = softmax * (grad_softmax - (grad_softmax * softmax).sum(1, keepdim=True))
+    grad_logits = (grad_z / tau).view(n, 1, h, w)
+    return grad_logits, grad_logits.sum().view(1)
+
+
+def _like(x: Tensor, result: Tensor) -> Tensor:
+    """``result`` in x's memory layout: the layout the operators' fake versions promise."""
+    out = torch.empty_like(x, dtype=result.dtype)
+    if out.stride() == result.stride():
+        return result
+    return out.copy_(result)
+
+
+# The layer's forward and backward, each registered as a custom operator below.
+
+def _layer_forward(x: Tensor, fc1_weight: Tensor, fc1_bias: Tensor, fc2_weight: Tensor,
+                   fc2_bias: Tensor, spatial_weight: Optional[Tensor],
+                   spatial_bias: Optional[Tensor], alpha: Tensor, beta: Tensor, groups: int,
+                   lambda_a: float, lambda_b: float, tau: float, gamma: float, mode: str
+                   ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """y and what backward needs: the pooled context, hidden activations and sigmoid output of
+    the hyper function, and the attention's softmax (empty without a spatial conv)."""
+    # The small tensors are computed in the parameters' precision, even under autocast.
+    with torch.autocast(x.device.type, enabled=False):
+        dtype = fc1_weight.dtype
+        context_x, logits = context(x, spatial_weight)
+        context_x = context_x.to(dtype)
+        da, db, hidden, sig = coefficients(context_x, fc1_weight, fc1_bias, fc2_weight,
+                                           fc2_bias, groups, alpha.numel(), lambda_a, lambda_b)
+        pi, softmax = None, x.new_empty(0, dtype=dtype)
+        if spatial_weight is not None:
+            pi, softmax = attention(logits.to(dtype), spatial_bias, tau, gamma)
+        a, b = _full_coefficients(da, db, alpha, beta, mode)
+        y = forward(x, a, b, alpha, beta, pi, mode)
+    return _like(x, y), context_x, hidden, sig, softmax
+
+
+def _layer_backward(grad: Tensor, x: Tensor, fc1_weight: Tensor, fc2_weight: Tensor,
+                    spatial_weight: Optional[Tensor], alpha: Tensor, beta: Tensor,
+                    context_x: Tensor, hidden: Tensor, sig: Tensor, softmax: Tensor, groups: int,
+                    lambda_a: float, lambda_b: float, tau: float, gamma: float, mode: str,
+                    input_grad: bool
+                    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Gradients of x (empty unless ``input_grad``), fc1 and fc2 (weight, bias), and of the
+    spatial conv's weight and bias (empty without one)."""
+    with torch.autocast(x.device.type, enabled=False):
+        dtype = fc1_weight.dtype
+        h, w = x.shape[2:]
+        pi = None if spatial_weight is None else _scaled_attention(softmax, gamma, h, w)
+        da, db = _residuals(sig, groups, alpha.numel(), lambda_a, lambda_b)
+        a, b = _full_coefficients(da, db, alpha, beta, mode)
+        grad_da, grad_db = _coeff_grad(x, a, b, alpha, beta, pi, mode, grad)
+        grad_context, *grad_fc = _coefficients_backward(
+            grad_da.to(dtype), grad_db.to(dtype), context_x, hidden, sig, fc1_weight, fc2_weight,
+            lambda_a, lambda_b)
+        grad_logits = None
+        grad_spatial = (x.new_empty(0), x.new_empty(0))  # outputs may not alias each other
+        if spatial_weight is not None:
+            grad_pi = _attention_grad(x, a, b, alpha, beta, pi, mode, grad).to(dtype)
+            grad_logits, grad_bias = _attention_backward(grad_pi, softmax, tau, gamma)
+            grad_weight = _spatial_weight_grad(x, grad_logits).to(spatial_weight.dtype)
+            grad_spatial = (grad_weight, grad_bias)
+        grad_x = x.new_empty(0)
+        if input_grad:
+            grad_x = _like(x, _input_grad(x, a, b, alpha, beta, pi, mode, grad, grad_context,
+                                          grad_logits, spatial_weight))
+    return (grad_x, *grad_fc, *grad_spatial)
+
+
+# Under torch.compile, inductor keeps the layer as these two operators (our compiled kernels
+# run inside), so a compiled model pays what an eager layer costs: traced as plain operators,
+# inductor's fused DY-ReLU loops ran 2-3x slower than these kernels on the CPU (README,
+# Performance). Eager mode calls the same functions through an autograd.Function, which costs
+# about 0.1 ms less per layer than the operators' Python dispatch.
+_dyrelu_op = torch.library.custom_op("pose::dyrelu", _layer_forward, mutates_args=())
+_dyrelu_backward_op = torch.library.custom_op("pose::dyrelu_backward", _layer_backward,
+                                              mutates_args=())
+
+
+@_dyrelu_op.register_fake
+def _(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, spatial_weight, spatial_bias, alpha, beta,
+      groups, lambda_a, lambda_b, tau, gamma, mode):
+    n, _, h, w = x.shape
+    dtype = fc1_weight.dtype
+    softmax_shape = (n, h * w) if spatial_weight is not None else (0,)
+    return (torch.empty_like(x), x.new_empty((n, x.shape[1]), dtype=dtype),
+            x.new_empty((n, fc1_weight.shape[0]), dtype=dtype),
+            x.new_empty((n, fc2_weight.shape[0]), dtype=dtype),
+            x.new_empty(softmax_shape, dtype=dtype))
+
+
+@_dyrelu_backward_op.register_fake
+def _(grad, x, fc1_weight, fc2_weight, spatial_weight, alpha, beta, context_x, hidden, sig,
+      softmax, groups, lambda_a, lambda_b, tau, gamma, mode, input_grad):
+    spatial = (x.new_empty(0), x.new_empty(0)) if spatial_weight is None else (
+        torch.empty_like(spatial_weight), fc1_weight.new_empty(1))
+    return (torch.empty_like(x) if input_grad else x.new_empty(0),
+            torch.empty_like(fc1_weight), fc1_weight.new_empty(fc1_weight.shape[0]),
+            torch.empty_like(fc2_weight), fc2_weight.new_empty(fc2_weight.shape[0]), *spatial)
+
+
+def _setup_context(ctx, inputs, output):
+    (x, fc1_weight, _, fc2_weight, _, spatial_weight, _, alpha, beta, *options) = inputs
+    _, context_x, hidden, sig, softmax = output
+    ctx.mark_non_differentiable(context_x, hidden, sig, softmax)
+    ctx.save_for_backward(x, fc1_weight, fc2_weight, spatial_weight, alpha, beta, context_x,
+                          hidden, sig, softmax)
+    ctx.options = options
+
+
+def _backward(ctx, grad_y, *_, layer_backward=_dyrelu_backward_op):
+    grads = layer_backward(grad_y, *ctx.saved_tensors, *ctx.options, ctx.needs_input_grad[0])
+    grad_x, grad_w1, grad_b1, grad_w2, grad_b2, grad_sw, grad_sb = grads
+    has_spatial = ctx.saved_tensors[3] is not None
+    return (grad_x if ctx.needs_input_grad[0] else None, grad_w1, grad_b1, grad_w2, grad_b2,
+            grad_sw if has_spatial else None, grad_sb if has_spatial else None,
+            None, None, None, None, None, None, None, None)
+
+
+_dyrelu_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 class _DyReLULayer(torch.autograd.Function):
-    """One DY-ReLU layer. Autograd sees x, the 1x1 spatial conv weight and the hyper function's
-    parameters as inputs; backward rebuilds the small hyper-function graph from the saved
-    pooled context and logits and differentiates it with ``torch.autograd.grad``."""
+    """The eager path: the same forward and backward as the custom operators."""
 
     @staticmethod
-    def forward(ctx, x, spatial_weight, hyper, mode, alpha, beta, *hyper_params):
-        context_x, logits = context(x, spatial_weight)
-        with torch.no_grad():
-            a, b, pi = hyper(context_x, logits)
-        ctx.hyper, ctx.mode, ctx.hyper_params = hyper, mode, hyper_params
-        ctx.save_for_backward(x, spatial_weight, alpha, beta, context_x, logits)
-        return forward(x, a, b, alpha, beta, pi, mode)
+    def forward(*inputs):
+        return _layer_forward(*inputs)
+
+    setup_context = staticmethod(_setup_context)
 
     @staticmethod
-    def backward(ctx, grad_y):
-        x, spatial_weight, alpha, beta, context_x, logits = ctx.saved_tensors
-        # Recomputing the small graph keeps what a layer holds for backward at x plus 1/C of
-        # it: kept from forward instead, variant C would hold several (N, 1, H, W) tensors,
-        # and the whole-model step measured no faster.
-        with torch.enable_grad():
-            context_x = context_x.detach().requires_grad_()
-            logits = None if logits is None else logits.detach().requires_grad_()
-            a, b, pi = ctx.hyper(context_x, logits)
-        small = (a.detach(), b.detach(), alpha, beta, None if pi is None else pi.detach())
-        grad_a, grad_b = _coeff_grad(x, *small, ctx.mode, grad_y)
-        outputs, grads = [a, b], [grad_a.to(a.dtype), grad_b.to(b.dtype)]
-        if pi is not None:
-            outputs.append(pi)
-            grads.append(_attention_grad(x, *small, ctx.mode, grad_y).to(pi.dtype))
-        params = [p for p in ctx.hyper_params if p.requires_grad]
-        wrt = [context_x] + ([logits] if logits is not None else []) + params
-        found = list(torch.autograd.grad(outputs, wrt, grads, allow_unused=True))
-        grad_context = found.pop(0)
-        grad_logits = found.pop(0) if logits is not None else None
-        param_grads = iter(found)
-        grad_params = [next(param_grads) if p.requires_grad else None
-                       for p in ctx.hyper_params]
-        grad_x = grad_weight = None
-        if ctx.needs_input_grad[0]:
-            grad_x = _input_grad(x, *small, ctx.mode, grad_y, grad_context, grad_logits,
-                                 spatial_weight)
-        if spatial_weight is not None and ctx.needs_input_grad[1]:
-            grad_weight = _spatial_weight_grad(x, grad_logits).to(spatial_weight.dtype)
-            grad_weight = grad_weight.view(spatial_weight.shape)
-        return (grad_x, grad_weight, None, None, None, None, *grad_params)
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, *grads):
+        return _backward(ctx, *grads, layer_backward=_layer_backward)
 
 
-def dyrelu(x: Tensor, hyper: HyperFunction, mode: str, alpha: Tensor, beta: Tensor,
-           hyper_params: tuple[Tensor, ...], spatial_weight: Optional[Tensor] = None) -> Tensor:
+def dyrelu(x: Tensor, fc1: torch.nn.Linear, fc2: torch.nn.Linear, alpha: Tensor, beta: Tensor,
+           groups: int, lambda_a: float, lambda_b: float, mode: str = "plain",
+           spatial_conv: Optional[torch.nn.Conv2d] = None, tau: float = 10.0,
+           gamma: float = 1.0 / 3.0) -> Tensor:
     """Apply one DY-ReLU layer to x (N, C, H, W).
 
     Args:
-        hyper: maps the pooled context (N, C) and, for variant C, the bias-free attention
-            logits (N, 1, H, W) to (a, b, pi); any parameters it uses must be in
-            ``hyper_params`` so that they receive gradients.
-        mode: ``"plain"``, ``"coefficient"`` or ``"residual"`` (module docstring).
-        alpha, beta: the K static slopes and intercepts (used by mode "residual").
-        spatial_weight: the 1x1 spatial conv's weight (any shape with C elements), variant C.
+        fc1, fc2: the hyper function, context (N, C) -> (N, groups * 2 * K): for each group
+            first the K slope residuals, then the K intercept residuals (each in [-1, 1]
+            before the lambda scale).
+        alpha, beta: the K static slopes and intercepts.
+        groups: 1 (coefficients shared by the channels) or C.
+        mode: ``"plain"``, ``"coefficient"`` or ``"residual"`` (module docstring); the last two
+            need ``spatial_conv``, the 1x1 conv C -> 1 of the spatial attention.
+        tau, gamma: the attention's softmax temperature and scale (a fraction of H*W).
     """
     if mode not in MODES:
         raise ValueError(f"dyrelu mode must be one of {MODES}, got {mode!r}")
-    if (spatial_weight is None) != (mode == "plain"):
+    if (spatial_conv is None) != (mode == "plain"):
         raise ValueError(f"dyrelu mode {mode!r} {'needs' if mode != 'plain' else 'takes no'} "
-                         f"spatial_weight")
-    if spatial_weight is not None and not eager_required():
-        # Kernels get a plain tensor: torch.compile treats an nn.Parameter's shape as static
-        # and would recompile for every channel count.
-        spatial_weight = spatial_weight.view(-1)
-    if eager_required():
-        # Plain operators, differentiated by autograd (or traced by an exporter).
-        context_x, logits = context_kernel(x, spatial_weight)
-        a, b, pi = hyper(context_x, logits)
-        return forward_kernel(x, a, b, alpha, beta, pi, mode)
-    needs_grad = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (x, spatial_weight, *hyper_params))
-    if not needs_grad:
-        context_x, logits = context(x, spatial_weight)
-        a, b, pi = hyper(context_x, logits)
-        return forward(x, a, b, alpha, beta, pi, mode)
-    return _DyReLULayer.apply(x, spatial_weight, hyper, mode, alpha, beta, *hyper_params)
+                         f"spatial_conv")
+    spatial_weight = spatial_bias = None
+    if spatial_conv is not None:
+        # A plain view: torch.compile treats an nn.Parameter's shape as static and would
+        # recompile the kernels for every channel count.
+        spatial_weight, spatial_bias = spatial_conv.weight.view(-1), spatial_conv.bias
+    if _exporting():
+        return _plain_dyrelu(x, fc1, fc2, alpha, beta, groups, lambda_a, lambda_b, mode,
+                             spatial_weight, spatial_bias, tau, gamma)
+    layer = _dyrelu_op if torch.compiler.is_compiling() else _DyReLULayer.apply
+    return layer(x, fc1.weight, fc1.bias, fc2.weight, fc2.bias, spatial_weight, spatial_bias,
+                 alpha, beta, groups, lambda_a, lambda_b, tau, gamma, mode)[0]
+
+
+def _exporting() -> bool:
+    """True while an exporter traces the model: it must see plain operators, not ours."""
+    return (torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export()
+            or torch.jit.is_tracing())
+
+
+def _plain_dyrelu(x, fc1, fc2, alpha, beta, groups, lambda_a, lambda_b, mode, spatial_weight,
+                  spatial_bias, tau, gamma):
+    """The layer as plain differentiable operators, for exporters."""
+    context_x, logits = context_kernel(x, spatial_weight)
+    with torch.autocast(x.device.type, enabled=False):
+        dtype = fc1.weight.dtype
+        da, db, _, _ = coefficients(context_x.to(dtype), fc1.weight, fc1.bias, fc2.weight,
+                                    fc2.bias, groups, alpha.numel(), lambda_a, lambda_b)
+        pi = None if spatial_weight is None else attention(logits.to(dtype), spatial_bias, tau,
+                                                           gamma)[0]
+        a, b = _full_coefficients(da, db, alpha, beta, mode)
+    return forward_kernel(x, a, b, alpha, beta, pi, mode)
