@@ -9,8 +9,8 @@ autograd saves for backward (the activation memory a step holds at its peak).
         [--amp bf16] [--channels-last] [--compile] [--pairs relu/relu,dyrelu_c/dyrelu_c]
 
 ``--compile`` adds, for each pairing, the same model wrapped in ``torch.compile`` (rows
-marked "compiled"), measured in the same run. Its DY-ReLU layers reach inductor as plain
-operators (pose.models.dyrelu_function.eager_required).
+marked "compiled"), measured in the same run. Inductor keeps its DY-ReLU layers as the
+custom operators pose::dyrelu and pose::dyrelu_backward (pose.models.dyrelu_function).
 """
 from __future__ import annotations
 

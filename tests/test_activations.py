@@ -223,9 +223,9 @@ def test_dyrelu_kernels_compile_once_for_every_channel_count(variant):
         dyrelu_function._Kernel.broken = False
 
 
-def test_whole_model_compile_traces_plain_operators_with_the_same_gradients():
-    # Inside torch.compile the layer hands inductor the formula as plain operators
-    # (eager_required); the compiled model must learn what the eager one learns.
+def test_whole_model_compile_keeps_the_layer_whole_with_the_same_gradients():
+    # Inside torch.compile the layer is two custom operators (pose::dyrelu and its backward):
+    # no graph break, and the compiled model must learn what the eager one learns.
     torch.manual_seed(7)
     model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8),
                           randomised(DyReLU(8, variant="c", reduction=2)), nn.Conv2d(8, 4, 1))
@@ -236,3 +236,32 @@ def test_whole_model_compile_traces_plain_operators_with_the_same_gradients():
     torch.compile(model, backend="aot_eager")(x).square().sum().backward()
     for param, grad in zip(model.parameters(), expected):
         torch.testing.assert_close(param.grad, grad, atol=1e-4, rtol=1e-4)
+    explained = torch._dynamo.explain(model)(x)
+    assert explained.graph_break_count == 0
+    assert "torch.ops.pose.dyrelu" in str(explained.graphs[0].code)
+
+
+def test_dyrelu_kernels_serve_eager_compiled_training_and_inference_within_recompile_limit():
+    # Each state a kernel is called in (variant, eager or inside a compiled model) is one
+    # graph in dynamo's cache; past its limit a kernel would run eagerly for good. Training
+    # and inference must share one: the layer hands the kernels detached tensors.
+    from pose.models import dyrelu_function
+
+    torch.manual_seed(8)
+    x = torch.randn(2, 3, 6, 5)
+    try:
+        with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):
+            for variant, spatial in CASES:
+                model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1),
+                                      DyReLU(8, variant=variant, reduction=2, spatial=spatial))
+                model(x).sum().backward()
+                with torch._dynamo.config.patch(error_on_recompile=True), torch.no_grad():
+                    model(x)
+                assert not dyrelu_function._Kernel.broken
+                compiled = torch.compile(model)
+                compiled(x).sum().backward()
+                with torch.no_grad():
+                    compiled(x)
+        assert not dyrelu_function._Kernel.broken
+    finally:
+        dyrelu_function._Kernel.broken = False

@@ -8,12 +8,18 @@ shared) and, for variant C, a spatial attention pi of shape (N, 1, H, W), a laye
     mode "residual":    y = max_k ( (alpha_k + pi a_k) x + beta_k + pi b_k )
 
 where in the first two modes a, b already include the static alpha, beta, and in "residual"
-they are only the residuals. The small tensors (pooled context, hyper-function output,
-attention) come from a callable the module passes in; this file only handles what touches
-every element.
+they are only the residuals. The coefficients come from the hyper function (pooling,
+FC-ReLU-FC-sigmoid) and pi from a softmax over the 1x1 spatial conv's output, both written
+out here with their backward (pose.models.activations.DyReLU holds the parameters).
 
 Memory: a naive version stacks K affine maps into an (N, C, H, W, K) tensor and autograd keeps
-it. Here backward keeps only x and the small tensors and recomputes which piece won.
+it. Here backward keeps only x and small tensors (per sample: the pooled context, the hyper
+function's hidden and sigmoid values and, for variant C, the attention's softmax over H*W)
+and recomputes which piece won.
+
+Compiled models: the layer is two custom operators, pose::dyrelu and pose::dyrelu_backward,
+which ``torch.compile`` keeps whole; exporters (ONNX, torch.export, jit.trace) get it as plain
+operators instead.
 
 Speed: ReLU makes about five passes over memory per forward+backward. A layer here makes the
 fewest this algorithm allows: forward reads x for the pooled context (and for variant C the
@@ -277,6 +283,13 @@ def _like(x: Tensor, result: Tensor) -> Tensor:
 
 # The layer's forward and backward, each registered as a custom operator below.
 
+def _for_kernels(x: Tensor, spatial_weight: Optional[Tensor]):
+    """The arguments as the kernels take them. Detached, so that dynamo's guards see the same
+    tensors in training and inference: a compiled kernel keeps one graph per calling state
+    (also eager vs. inside a compiled model, variant, ...), and past dynamo's recompile limit
+    (8) it runs eagerly for good."""
+    return x.detach(), None if spatial_weight is None else spatial_weight.detach()
+
 def _layer_forward(x: Tensor, fc1_weight: Tensor, fc1_bias: Tensor, fc2_weight: Tensor,
                    fc2_bias: Tensor, spatial_weight: Optional[Tensor],
                    spatial_bias: Optional[Tensor], alpha: Tensor, beta: Tensor, groups: int,
@@ -284,6 +297,7 @@ def _layer_forward(x: Tensor, fc1_weight: Tensor, fc1_bias: Tensor, fc2_weight: 
                    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """y and what backward needs: the pooled context, hidden activations and sigmoid output of
     the hyper function, and the attention's softmax (empty without a spatial conv)."""
+    x, spatial_weight = _for_kernels(x, spatial_weight)
     # The small tensors are computed in the parameters' precision, even under autocast.
     with torch.autocast(x.device.type, enabled=False):
         dtype = fc1_weight.dtype
@@ -307,6 +321,7 @@ def _layer_backward(grad: Tensor, x: Tensor, fc1_weight: Tensor, fc2_weight: Ten
                     ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Gradients of x (empty unless ``input_grad``), fc1 and fc2 (weight, bias), and of the
     spatial conv's weight and bias (empty without one)."""
+    x, spatial_weight = _for_kernels(x, spatial_weight)
     with torch.autocast(x.device.type, enabled=False):
         dtype = fc1_weight.dtype
         h, w = x.shape[2:]
@@ -334,8 +349,9 @@ def _layer_backward(grad: Tensor, x: Tensor, fc1_weight: Tensor, fc2_weight: Ten
 # Under torch.compile, inductor keeps the layer as these two operators (our compiled kernels
 # run inside), so a compiled model pays what an eager layer costs: traced as plain operators,
 # inductor's fused DY-ReLU loops ran 2-3x slower than these kernels on the CPU (README,
-# Performance). Eager mode calls the same functions through an autograd.Function, which costs
-# about 0.1 ms less per layer than the operators' Python dispatch.
+# Performance). Eager mode calls the same two functions from an autograd.Function
+# (_DyReLULayer): through the operators' dispatch and autograd wrapper a layer took about
+# 0.1 ms more.
 _dyrelu_op = torch.library.custom_op("pose::dyrelu", _layer_forward, mutates_args=())
 _dyrelu_backward_op = torch.library.custom_op("pose::dyrelu_backward", _layer_backward,
                                               mutates_args=())
@@ -385,7 +401,7 @@ _dyrelu_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 class _DyReLULayer(torch.autograd.Function):
-    """The eager path: the same forward and backward as the custom operators."""
+    """The eager path: the operators' functions, with the same backward as their autograd."""
 
     @staticmethod
     def forward(*inputs):
