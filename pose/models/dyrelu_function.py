@@ -36,6 +36,7 @@ run eagerly with a warning.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 from typing import Callable, Optional
@@ -283,11 +284,16 @@ def _like(x: Tensor, result: Tensor) -> Tensor:
 
 # The layer's forward and backward, each registered as a custom operator below.
 
+# A compiled kernel keeps one graph per state it is called in (variant, dtype, whether H*W
+# passes a size inductor chose a loop by, ...), and past dynamo's recompile limit (8) it
+# runs eagerly for good. So the kernels always get detached tensors (training and inference
+# then share a graph) and run below autograd, as inside a compiled model, where the operators
+# are called that way (eager and compiled models then share one). The guard is private
+# PyTorch API; without it, eager and compiled models only keep separate graphs.
+_below_autograd = getattr(torch._C, "_AutoDispatchBelowADInplaceOrView", contextlib.nullcontext)
+
+
 def _for_kernels(x: Tensor, spatial_weight: Optional[Tensor]):
-    """The arguments as the kernels take them. Detached, so that dynamo's guards see the same
-    tensors in training and inference: a compiled kernel keeps one graph per calling state
-    (also eager vs. inside a compiled model, variant, ...), and past dynamo's recompile limit
-    (8) it runs eagerly for good."""
     return x.detach(), None if spatial_weight is None else spatial_weight.detach()
 
 def _layer_forward(x: Tensor, fc1_weight: Tensor, fc1_bias: Tensor, fc2_weight: Tensor,
@@ -299,7 +305,7 @@ def _layer_forward(x: Tensor, fc1_weight: Tensor, fc1_bias: Tensor, fc2_weight: 
     the hyper function, and the attention's softmax (empty without a spatial conv)."""
     x, spatial_weight = _for_kernels(x, spatial_weight)
     # The small tensors are computed in the parameters' precision, even under autocast.
-    with torch.autocast(x.device.type, enabled=False):
+    with _below_autograd(), torch.autocast(x.device.type, enabled=False):
         dtype = fc1_weight.dtype
         context_x, logits = context(x, spatial_weight)
         context_x = context_x.to(dtype)
@@ -322,7 +328,7 @@ def _layer_backward(grad: Tensor, x: Tensor, fc1_weight: Tensor, fc2_weight: Ten
     """Gradients of x (empty unless ``input_grad``), fc1 and fc2 (weight, bias), and of the
     spatial conv's weight and bias (empty without one)."""
     x, spatial_weight = _for_kernels(x, spatial_weight)
-    with torch.autocast(x.device.type, enabled=False):
+    with _below_autograd(), torch.autocast(x.device.type, enabled=False):
         dtype = fc1_weight.dtype
         h, w = x.shape[2:]
         pi = None if spatial_weight is None else _scaled_attention(softmax, gamma, h, w)
