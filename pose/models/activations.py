@@ -16,13 +16,12 @@ The hyper function's output of M values is laid out as (groups, 2, K): for each 
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping
 
 import torch
 from torch import nn
 
 from pose.models import dyrelu_function
-from pose.models.dyrelu_function import dyrelu
 
 
 class DyReLU(nn.Module):
@@ -103,11 +102,12 @@ class DyReLU(nn.Module):
         return dyrelu_function.attention(logits, self.spatial_conv.bias, self.tau, self.gamma)[0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hyper = (self.fc1, self.fc2, self.alpha, self.beta, self.groups, self.lambda_a,
+                 self.lambda_b)
         if self.variant != "c":
-            return dyrelu(x, self.fc1, self.fc2, self.alpha, self.beta, self.groups,
-                          self.lambda_a, self.lambda_b)
-        return dyrelu(x, self.fc1, self.fc2, self.alpha, self.beta, self.groups, self.lambda_a,
-                      self.lambda_b, self.spatial, self.spatial_conv, self.tau, self.gamma)
+            return dyrelu_function.dyrelu(x, *hyper)
+        return dyrelu_function.dyrelu(x, *hyper, self.spatial, self.spatial_conv, self.tau,
+                                      self.gamma)
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, variant={self.variant}, k={self.k}"

@@ -395,12 +395,10 @@ def _setup_context(ctx, inputs, output):
 
 
 def _backward(ctx, grad_y, *_, layer_backward=_dyrelu_backward_op):
-    grads = layer_backward(grad_y, *ctx.saved_tensors, *ctx.options, ctx.needs_input_grad[0])
-    grad_x, grad_w1, grad_b1, grad_w2, grad_b2, grad_sw, grad_sb = grads
-    has_spatial = ctx.saved_tensors[3] is not None
-    return (grad_x if ctx.needs_input_grad[0] else None, grad_w1, grad_b1, grad_w2, grad_b2,
-            grad_sw if has_spatial else None, grad_sb if has_spatial else None,
-            None, None, None, None, None, None, None, None)
+    needs = ctx.needs_input_grad
+    grads = layer_backward(grad_y, *ctx.saved_tensors, *ctx.options, needs[0])
+    # Gradients of x, fc1, fc2 and the spatial conv (inputs 0-6); none for the rest.
+    return (*(g if need else None for g, need in zip(grads, needs)), *[None] * 8)
 
 
 _dyrelu_op.register_autograd(_backward, setup_context=_setup_context)
