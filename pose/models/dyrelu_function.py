@@ -276,13 +276,11 @@ def _attention_backward(grad_pi: Tensor, softmax: Tensor, tau: float, gamma: flo
 
 def _like(x: Tensor, result: Tensor) -> Tensor:
     """``result`` in x's memory layout: the layout the operators' fake versions promise."""
-    out = torch.empty_like(x, dtype=result.dtype)
-    if out.stride() == result.stride():
+    if result.stride() == x.stride():  # the kernels' outputs are dense, so x is too
         return result
-    return out.copy_(result)
+    out = torch.empty_like(x, dtype=result.dtype)
+    return result if out.stride() == result.stride() else out.copy_(result)
 
-
-# The layer's forward and backward, each registered as a custom operator below.
 
 # A compiled kernel keeps one graph per state it is called in (variant, dtype, whether H*W
 # passes a size inductor chose a loop by, ...), and past dynamo's recompile limit (8) it
@@ -295,6 +293,9 @@ _below_autograd = getattr(torch._C, "_AutoDispatchBelowADInplaceOrView", context
 
 def _for_kernels(x: Tensor, spatial_weight: Optional[Tensor]):
     return x.detach(), None if spatial_weight is None else spatial_weight.detach()
+
+
+# The layer's forward and backward, each registered as a custom operator below.
 
 def _layer_forward(x: Tensor, fc1_weight: Tensor, fc1_bias: Tensor, fc2_weight: Tensor,
                    fc2_bias: Tensor, spatial_weight: Optional[Tensor],
