@@ -13,9 +13,8 @@ FC-ReLU-FC-sigmoid) and pi from a softmax over the 1x1 spatial conv's output, bo
 out here with their backward (pose.models.activations.DyReLU holds the parameters).
 
 Memory: a naive version stacks K affine maps into an (N, C, H, W, K) tensor and autograd keeps
-it. Here backward keeps only x and small tensors (per sample: the pooled context, the hyper
-function's hidden and sigmoid values and, for variant C, the attention's softmax over H*W)
-and recomputes which piece won.
+it. Here backward keeps only x and small tensors (the pooled context and, for variant C, the
+attention's softmax over H*W) and recomputes the hyper function and which piece won.
 
 Compiled models: the layer is two custom operators, pose::dyrelu and pose::dyrelu_backward,
 which ``torch.compile`` keeps whole; exporters (ONNX, torch.export, jit.trace) get it as plain
@@ -176,12 +175,6 @@ def _compile_enabled() -> bool:
     return os.environ.get("POSE_DYRELU_COMPILE", "1") != "0"
 
 
-def eager_required() -> bool:
-    """True while something traces Python (torch.compile, an exporter): a kernel called then
-    must run as plain operators rather than start a compilation of its own."""
-    return torch.compiler.is_compiling() or _exporting()
-
-
 class _Kernel:
     """A kernel run through torch.compile when possible, eagerly otherwise."""
 
@@ -192,7 +185,7 @@ class _Kernel:
         self.compiled = None
 
     def __call__(self, *args):
-        if _Kernel.broken or not _compile_enabled() or eager_required():
+        if _Kernel.broken or not _compile_enabled():
             return self.fn(*args)
         if self.compiled is None:
             self.compiled = torch.compile(self.fn, dynamic=True)
@@ -297,32 +290,46 @@ def _for_kernels(x: Tensor, spatial_weight: Optional[Tensor]):
 
 # The layer's forward and backward, each registered as a custom operator below.
 
+def _forward_pass(kernels, x: Tensor, fc1_weight: Tensor, fc1_bias: Tensor, fc2_weight: Tensor,
+                  fc2_bias: Tensor, spatial_weight: Optional[Tensor],
+                  spatial_bias: Optional[Tensor], alpha: Tensor, beta: Tensor, groups: int,
+                  lambda_a: float, lambda_b: float, tau: float, gamma: float, mode: str):
+    """(y, the pooled context, the attention's softmax or None), the pooling and the piecewise
+    maximum done by ``kernels`` (compiled, or plain for exporters). The small tensors are in
+    the parameters' precision; callers turn autocast off."""
+    context_fn, forward_fn = kernels
+    dtype = fc1_weight.dtype
+    context_x, logits = context_fn(x, spatial_weight)
+    context_x = context_x.to(dtype)
+    da, db, _, _ = coefficients(context_x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, groups,
+                                alpha.numel(), lambda_a, lambda_b)
+    pi = softmax = None
+    if spatial_weight is not None:
+        pi, softmax = attention(logits.to(dtype), spatial_bias, tau, gamma)
+    a, b = _full_coefficients(da, db, alpha, beta, mode)
+    return forward_fn(x, a, b, alpha, beta, pi, mode), context_x, softmax
+
+
 def _layer_forward(x: Tensor, fc1_weight: Tensor, fc1_bias: Tensor, fc2_weight: Tensor,
                    fc2_bias: Tensor, spatial_weight: Optional[Tensor],
                    spatial_bias: Optional[Tensor], alpha: Tensor, beta: Tensor, groups: int,
                    lambda_a: float, lambda_b: float, tau: float, gamma: float, mode: str
-                   ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """y and what backward needs: the pooled context, hidden activations and sigmoid output of
-    the hyper function, and the attention's softmax (empty without a spatial conv)."""
+                   ) -> tuple[Tensor, Tensor, Tensor]:
+    """y and what backward needs: the pooled context and the attention's softmax (empty
+    without a spatial conv)."""
     x, spatial_weight = _for_kernels(x, spatial_weight)
-    # The small tensors are computed in the parameters' precision, even under autocast.
     with _below_autograd(), torch.autocast(x.device.type, enabled=False):
-        dtype = fc1_weight.dtype
-        context_x, logits = context(x, spatial_weight)
-        context_x = context_x.to(dtype)
-        da, db, hidden, sig = coefficients(context_x, fc1_weight, fc1_bias, fc2_weight,
-                                           fc2_bias, groups, alpha.numel(), lambda_a, lambda_b)
-        pi, softmax = None, x.new_empty(0, dtype=dtype)
-        if spatial_weight is not None:
-            pi, softmax = attention(logits.to(dtype), spatial_bias, tau, gamma)
-        a, b = _full_coefficients(da, db, alpha, beta, mode)
-        y = forward(x, a, b, alpha, beta, pi, mode)
-    return _like(x, y), context_x, hidden, sig, softmax
+        y, context_x, softmax = _forward_pass(
+            (context, forward), x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, spatial_weight,
+            spatial_bias, alpha, beta, groups, lambda_a, lambda_b, tau, gamma, mode)
+    if softmax is None:
+        softmax = x.new_empty(0, dtype=fc1_weight.dtype)
+    return _like(x, y), context_x, softmax
 
 
-def _layer_backward(grad: Tensor, x: Tensor, fc1_weight: Tensor, fc2_weight: Tensor,
-                    spatial_weight: Optional[Tensor], alpha: Tensor, beta: Tensor,
-                    context_x: Tensor, hidden: Tensor, sig: Tensor, softmax: Tensor, groups: int,
+def _layer_backward(grad: Tensor, x: Tensor, fc1_weight: Tensor, fc1_bias: Tensor,
+                    fc2_weight: Tensor, fc2_bias: Tensor, spatial_weight: Optional[Tensor],
+                    alpha: Tensor, beta: Tensor, context_x: Tensor, softmax: Tensor, groups: int,
                     lambda_a: float, lambda_b: float, tau: float, gamma: float, mode: str,
                     input_grad: bool
                     ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
@@ -333,7 +340,9 @@ def _layer_backward(grad: Tensor, x: Tensor, fc1_weight: Tensor, fc2_weight: Ten
         dtype = fc1_weight.dtype
         h, w = x.shape[2:]
         pi = None if spatial_weight is None else _scaled_attention(softmax, gamma, h, w)
-        da, db = _residuals(sig, groups, alpha.numel(), lambda_a, lambda_b)
+        # Recomputed, not kept from forward: what a layer holds stays x plus 1/C of it.
+        da, db, hidden, sig = coefficients(context_x, fc1_weight, fc1_bias, fc2_weight,
+                                           fc2_bias, groups, alpha.numel(), lambda_a, lambda_b)
         a, b = _full_coefficients(da, db, alpha, beta, mode)
         grad_da, grad_db = _coeff_grad(x, a, b, alpha, beta, pi, mode, grad)
         grad_context, *grad_fc = _coefficients_backward(
@@ -358,7 +367,8 @@ def _layer_backward(grad: Tensor, x: Tensor, fc1_weight: Tensor, fc2_weight: Ten
 # inductor's fused DY-ReLU loops ran 2-3x slower than these kernels on the CPU (README,
 # Performance). Eager mode calls the same two functions from an autograd.Function
 # (_DyReLULayer): through the operators' dispatch and autograd wrapper a layer took about
-# 0.1 ms more.
+# 0.1 ms more. Inductor's on-disk cache knows the operators by name: a change to their
+# signature needs a new name, or compiled models may run code cached for the old one.
 _dyrelu_op = torch.library.custom_op("pose::dyrelu", _layer_forward, mutates_args=())
 _dyrelu_backward_op = torch.library.custom_op("pose::dyrelu_backward", _layer_backward,
                                               mutates_args=())
@@ -367,37 +377,38 @@ _dyrelu_backward_op = torch.library.custom_op("pose::dyrelu_backward", _layer_ba
 @_dyrelu_op.register_fake
 def _(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, spatial_weight, spatial_bias, alpha, beta,
       groups, lambda_a, lambda_b, tau, gamma, mode):
-    n, _, h, w = x.shape
-    dtype = fc1_weight.dtype
+    n, c, h, w = x.shape
     softmax_shape = (n, h * w) if spatial_weight is not None else (0,)
-    return (torch.empty_like(x), x.new_empty((n, x.shape[1]), dtype=dtype),
-            x.new_empty((n, fc1_weight.shape[0]), dtype=dtype),
-            x.new_empty((n, fc2_weight.shape[0]), dtype=dtype),
-            x.new_empty(softmax_shape, dtype=dtype))
+    return (torch.empty_like(x), x.new_empty((n, c), dtype=fc1_weight.dtype),
+            x.new_empty(softmax_shape, dtype=fc1_weight.dtype))
 
 
 @_dyrelu_backward_op.register_fake
-def _(grad, x, fc1_weight, fc2_weight, spatial_weight, alpha, beta, context_x, hidden, sig,
-      softmax, groups, lambda_a, lambda_b, tau, gamma, mode, input_grad):
+def _(grad, x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, spatial_weight, alpha, beta,
+      context_x, softmax, groups, lambda_a, lambda_b, tau, gamma, mode, input_grad):
     spatial = (x.new_empty(0), x.new_empty(0)) if spatial_weight is None else (
         torch.empty_like(spatial_weight), fc1_weight.new_empty(1))
-    return (torch.empty_like(x) if input_grad else x.new_empty(0),
-            torch.empty_like(fc1_weight), fc1_weight.new_empty(fc1_weight.shape[0]),
-            torch.empty_like(fc2_weight), fc2_weight.new_empty(fc2_weight.shape[0]), *spatial)
+    return (torch.empty_like(x) if input_grad else x.new_empty(0), torch.empty_like(fc1_weight),
+            torch.empty_like(fc1_bias), torch.empty_like(fc2_weight), torch.empty_like(fc2_bias),
+            *spatial)
 
 
 def _setup_context(ctx, inputs, output):
-    (x, fc1_weight, _, fc2_weight, _, spatial_weight, _, alpha, beta, *options) = inputs
-    _, context_x, hidden, sig, softmax = output
-    ctx.mark_non_differentiable(context_x, hidden, sig, softmax)
-    ctx.save_for_backward(x, fc1_weight, fc2_weight, spatial_weight, alpha, beta, context_x,
-                          hidden, sig, softmax)
+    x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, spatial_weight, _, alpha, beta, *options = inputs
+    _, context_x, softmax = output
+    ctx.mark_non_differentiable(context_x, softmax)
+    # Saved: what the layer keeps of its input (x plus 1/C of it). The hyper function's
+    # parameters are held as the module holds them; they are no activation memory.
+    ctx.save_for_backward(x, spatial_weight, alpha, beta, context_x, softmax)
+    ctx.hyper_weights = (fc1_weight, fc1_bias, fc2_weight, fc2_bias)
     ctx.options = options
 
 
 def _backward(ctx, grad_y, *_, layer_backward=_dyrelu_backward_op):
     needs = ctx.needs_input_grad
-    grads = layer_backward(grad_y, *ctx.saved_tensors, *ctx.options, needs[0])
+    x, spatial_weight, alpha, beta, context_x, softmax = ctx.saved_tensors
+    grads = layer_backward(grad_y, x, *ctx.hyper_weights, spatial_weight, alpha, beta,
+                           context_x, softmax, *ctx.options, needs[0])
     # Gradients of x, fc1, fc2 and the spatial conv (inputs 0-6); none for the rest.
     return (*(g if need else None for g, need in zip(grads, needs)), *[None] * 8)
 
@@ -463,12 +474,7 @@ def _exporting() -> bool:
 def _plain_dyrelu(x, fc1, fc2, alpha, beta, groups, lambda_a, lambda_b, mode, spatial_weight,
                   spatial_bias, tau, gamma):
     """The layer as plain differentiable operators, for exporters."""
-    context_x, logits = context_kernel(x, spatial_weight)
     with torch.autocast(x.device.type, enabled=False):
-        dtype = fc1.weight.dtype
-        da, db, _, _ = coefficients(context_x.to(dtype), fc1.weight, fc1.bias, fc2.weight,
-                                    fc2.bias, groups, alpha.numel(), lambda_a, lambda_b)
-        pi = None if spatial_weight is None else attention(logits.to(dtype), spatial_bias, tau,
-                                                           gamma)[0]
-        a, b = _full_coefficients(da, db, alpha, beta, mode)
-    return forward_kernel(x, a, b, alpha, beta, pi, mode)
+        return _forward_pass((context_kernel, forward_kernel), x, fc1.weight, fc1.bias,
+                             fc2.weight, fc2.bias, spatial_weight, spatial_bias, alpha, beta,
+                             groups, lambda_a, lambda_b, tau, gamma, mode)[0]
