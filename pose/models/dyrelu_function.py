@@ -208,12 +208,12 @@ _spatial_weight_grad = _Kernel(spatial_weight_grad_kernel)
 
 # The hyper function: work on (N, C)- and (N, 1, H, W)-sized tensors, in the parameters'
 # precision. Written out, forward and backward, so that a layer is two custom operators and
-# backward needs neither autograd's engine nor a second run of the forward.
+# backward needs no autograd engine (it reruns the two small FCs instead of keeping them).
 
 def coefficients(context: Tensor, fc1_weight: Tensor, fc1_bias: Tensor, fc2_weight: Tensor,
                  fc2_bias: Tensor, groups: int, k: int, lambda_a: float, lambda_b: float):
     """Residual slopes and intercepts (da, db), each (N, groups, K), from the pooled context
-    (N, C), with the hidden activations and the sigmoid output that backward reuses."""
+    (N, C), with the hidden activations and the sigmoid output that backward needs."""
     hidden = torch.relu(F.linear(context, fc1_weight, fc1_bias))
     sig = torch.sigmoid(F.linear(hidden, fc2_weight, fc2_bias))
     da, db = _residuals(sig, groups, k, lambda_a, lambda_b)
