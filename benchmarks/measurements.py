@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import random
 import statistics
 import time
 from typing import Any, Callable
@@ -50,15 +51,23 @@ def device_sync(device: torch.device) -> Callable[[], None]:
 
 
 def interleaved_medians(steps: dict[str, Callable[[], None]], repeats: int, warmup: int = 3,
-                        sync: Callable[[], None] = lambda: None) -> dict[str, float]:
+                        sync: Callable[[], None] = lambda: None, seed: int = 0
+                        ) -> dict[str, float]:
     """Median seconds of each step. The steps take turns, one call at a time, so that a slow
-    spell of the machine hits all of them alike."""
+    spell of the machine hits all of them alike, in a new random order each round: a step
+    pays for some of its predecessor's work (the lines that step wrote are still dirty in
+    cache, and evicting them costs whoever runs next), so in a fixed order the same layer
+    took 0.3 ms more after ReLU's step than after another DY-ReLU layer's."""
+    order = random.Random(seed)
     for step in steps.values():
         for _ in range(warmup):
             step()
     times: dict[str, list[float]] = {name: [] for name in steps}
+    names = list(steps)
     for _ in range(repeats):
-        for name, step in steps.items():
+        order.shuffle(names)
+        for name in names:
+            step = steps[name]
             sync()
             start = time.perf_counter()
             step()

@@ -205,15 +205,15 @@ def test_dyrelu_kernels_compile_once_for_every_channel_count(variant):
     from pose.models import dyrelu_function
 
     run(8)
-    assert not dyrelu_function._Kernel.broken
+    assert not dyrelu_function._Compiled.broken
     try:
         with torch._dynamo.config.patch(error_on_recompile=True):
             for channels in (12, 16, 40):
                 run(channels)
         # A recompile raises inside a kernel, which then falls back to eager for good.
-        assert not dyrelu_function._Kernel.broken
+        assert not dyrelu_function._Compiled.broken
     finally:
-        dyrelu_function._Kernel.broken = False
+        dyrelu_function._Compiled.broken = False
 
 
 def test_whole_model_compile_keeps_the_layer_whole_with_the_same_gradients():
@@ -257,7 +257,7 @@ def test_dyrelu_kernels_share_graphs_across_training_inference_eager_and_compile
     from pose.models import dyrelu_function
 
     kernels = [k.fn.__code__ for k in vars(dyrelu_function).values()
-               if isinstance(k, dyrelu_function._Kernel)]
+               if isinstance(k, dyrelu_function._Compiled)]
 
     def graphs():
         return [len(_debug_get_cache_entry_list(code)) for code in kernels]
@@ -278,4 +278,4 @@ def test_dyrelu_kernels_share_graphs_across_training_inference_eager_and_compile
         with torch.no_grad():
             compiled(x)
     assert graphs() == trained
-    assert not dyrelu_function._Kernel.broken
+    assert not dyrelu_function._Compiled.broken

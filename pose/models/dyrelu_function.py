@@ -25,13 +25,15 @@ fewest this algorithm allows: forward reads x for the pooled context (and for va
 attention logits), then reads x and writes y; backward reads x and the output gradient once
 for the coefficient gradients (and once for the attention gradient), then once to write the
 input gradient, into which the gradients through the pooling and the 1x1 spatial conv are
-folded, so autograd never adds a broadcast gradient pass. Each kernel below is compiled with
-``torch.compile`` (inductor) into one or two loops, with dynamic shapes so one compilation
-serves every layer. Kernels compiled per shape ran 10-25% faster on their own, but a whole
-train step at 256x192 did not get faster, and each new shape cost seconds of compilation.
-Separate graphs matter: fused into one, the reductions over (H, W) and over C get a poor
-loop order. ``POSE_DYRELU_COMPILE=0`` runs the kernels eagerly; if compilation fails they
-run eagerly with a warning.
+folded, so autograd never adds a broadcast gradient pass. The layer's forward and its
+backward are each one function compiled whole with ``torch.compile`` (inductor): the passes
+become a few loops and the hyper function's small operations are fused around them. Compiled
+as six separate kernels with the hyper function in eager mode, a layer took 0.1-0.5 ms more:
+two dozen small calls, each paying Python and dispatch, slower still when the passes have
+just flushed the caches. Dynamic shapes, so that one compilation serves every layer: kernels
+compiled per shape ran 10-25% faster on their own, but a whole train step at 256x192 did not
+get faster, and each new shape cost seconds of compilation. ``POSE_DYRELU_COMPILE=0`` runs
+the functions eagerly; if compilation fails they run eagerly with a warning.
 """
 from __future__ import annotations
 
@@ -175,35 +177,33 @@ def _compile_enabled() -> bool:
     return os.environ.get("POSE_DYRELU_COMPILE", "1") != "0"
 
 
-class _Kernel:
-    """A kernel run through torch.compile when possible, eagerly otherwise."""
+class _Compiled:
+    """A function run through torch.compile when possible, eagerly otherwise."""
 
-    broken = False  # shared: after one failure, every kernel runs eagerly
+    broken = False  # shared: after one failure, every function runs eagerly
+    # One graph per variant, dtype and the sizes inductor specialises on (a batch or a hidden
+    # width of 1, H*W on either side of a loop-choice threshold): a process that uses every
+    # variant with mixed precision can pass dynamo's default of 8, after which the function
+    # would run eagerly for good.
+    recompile_limit = 64
 
     def __init__(self, fn: Callable) -> None:
         self.fn = fn
         self.compiled = None
 
     def __call__(self, *args):
-        if _Kernel.broken or not _compile_enabled():
+        if _Compiled.broken or not _compile_enabled():
             return self.fn(*args)
         if self.compiled is None:
-            self.compiled = torch.compile(self.fn, dynamic=True)
+            self.compiled = torch.compile(self.fn, dynamic=True,
+                                          recompile_limit=self.recompile_limit)
         try:
             return self.compiled(*args)
         except Exception as error:  # no C++ compiler, unsupported platform, ...
-            _Kernel.broken = True
-            warnings.warn(f"torch.compile of the DY-ReLU kernels failed, running them eagerly "
+            _Compiled.broken = True
+            warnings.warn(f"torch.compile of the DY-ReLU layer failed, running it eagerly "
                           f"(slower): {type(error).__name__}: {str(error).splitlines()[0]}")
             return self.fn(*args)
-
-
-context = _Kernel(context_kernel)
-forward = _Kernel(forward_kernel)
-_coeff_grad = _Kernel(coeff_grad_kernel)
-_attention_grad = _Kernel(attention_grad_kernel)
-_input_grad = _Kernel(input_grad_kernel)
-_spatial_weight_grad = _Kernel(spatial_weight_grad_kernel)
 
 
 # The hyper function: work on (N, C)- and (N, 1, H, W)-sized tensors, in the parameters'
@@ -267,6 +267,60 @@ def _attention_backward(grad_pi: Tensor, softmax: Tensor, tau: float, gamma: flo
     return grad_logits, grad_logits.sum().view(1)
 
 
+# The layer's forward and backward, each compiled whole and registered as a custom operator
+# below.
+
+def _forward_pass(x: Tensor, fc1_weight: Tensor, fc1_bias: Tensor, fc2_weight: Tensor,
+                  fc2_bias: Tensor, spatial_weight: Optional[Tensor],
+                  spatial_bias: Optional[Tensor], alpha: Tensor, beta: Tensor, groups: int,
+                  lambda_a: float, lambda_b: float, tau: float, gamma: float, mode: str):
+    """(y, the pooled context, the attention's softmax or None). The small tensors are in the
+    parameters' precision; callers turn autocast off."""
+    dtype = fc1_weight.dtype
+    context_x, logits = context_kernel(x, spatial_weight)
+    context_x = context_x.to(dtype)
+    da, db, _, _ = coefficients(context_x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, groups,
+                                alpha.numel(), lambda_a, lambda_b)
+    pi = softmax = None
+    if spatial_weight is not None:
+        pi, softmax = attention(logits.to(dtype), spatial_bias, tau, gamma)
+    a, b = _full_coefficients(da, db, alpha, beta, mode)
+    return forward_kernel(x, a, b, alpha, beta, pi, mode), context_x, softmax
+
+
+def _backward_pass(grad: Tensor, x: Tensor, fc1_weight: Tensor, fc1_bias: Tensor,
+                   fc2_weight: Tensor, fc2_bias: Tensor, spatial_weight: Optional[Tensor],
+                   alpha: Tensor, beta: Tensor, context_x: Tensor, softmax: Tensor, groups: int,
+                   lambda_a: float, lambda_b: float, tau: float, gamma: float, mode: str,
+                   input_grad: bool):
+    """Gradients of x (None unless ``input_grad``), fc1 and fc2 (weight, bias), and of the
+    spatial conv's weight and bias (None without one)."""
+    dtype = fc1_weight.dtype
+    h, w = x.shape[2:]
+    pi = None if spatial_weight is None else _scaled_attention(softmax, gamma, h, w)
+    # Recomputed, not kept from forward: what a layer holds stays x plus 1/C of it.
+    da, db, hidden, sig = coefficients(context_x, fc1_weight, fc1_bias, fc2_weight, fc2_bias,
+                                       groups, alpha.numel(), lambda_a, lambda_b)
+    a, b = _full_coefficients(da, db, alpha, beta, mode)
+    grad_da, grad_db = coeff_grad_kernel(x, a, b, alpha, beta, pi, mode, grad)
+    grad_context, *grad_fc = _coefficients_backward(
+        grad_da.to(dtype), grad_db.to(dtype), context_x, hidden, sig, fc1_weight, fc2_weight,
+        lambda_a, lambda_b)
+    grad_logits = grad_weight = grad_bias = grad_x = None
+    if spatial_weight is not None:
+        grad_pi = attention_grad_kernel(x, a, b, alpha, beta, pi, mode, grad).to(dtype)
+        grad_logits, grad_bias = _attention_backward(grad_pi, softmax, tau, gamma)
+        grad_weight = spatial_weight_grad_kernel(x, grad_logits).to(spatial_weight.dtype)
+    if input_grad:
+        grad_x = input_grad_kernel(x, a, b, alpha, beta, pi, mode, grad, grad_context,
+                                   grad_logits, spatial_weight)
+    return grad_x, *grad_fc, grad_weight, grad_bias
+
+
+_compiled_forward = _Compiled(_forward_pass)
+_compiled_backward = _Compiled(_backward_pass)
+
+
 def _like(x: Tensor, result: Tensor) -> Tensor:
     """``result`` in x's memory layout: the layout the operators' fake versions promise."""
     if result.stride() == x.stride():  # the kernels' outputs are dense, so x is too
@@ -275,39 +329,16 @@ def _like(x: Tensor, result: Tensor) -> Tensor:
     return result if out.stride() == result.stride() else out.copy_(result)
 
 
-# A compiled kernel keeps one graph per state it is called in (variant, dtype, whether H*W
-# passes a size inductor chose a loop by, ...), and past dynamo's recompile limit (8) it
-# runs eagerly for good. So the kernels always get detached tensors (training and inference
-# then share a graph) and run below autograd, as inside a compiled model, where the operators
-# are called that way (eager and compiled models then share one). The guard is private
-# PyTorch API; without it, eager and compiled models only keep separate graphs.
+# A compiled graph is kept per state it is called in (variant, dtype, whether H*W passes a
+# size inductor chose a loop by, ...). So the graphs always get detached tensors (training
+# and inference then share one) and run below autograd, as inside a compiled model, where the
+# operators are called that way (eager and compiled models then share one). The guard is
+# private PyTorch API; without it, eager and compiled models only keep separate graphs.
 _below_autograd = getattr(torch._C, "_AutoDispatchBelowADInplaceOrView", contextlib.nullcontext)
 
 
-def _for_kernels(x: Tensor, spatial_weight: Optional[Tensor]):
-    return x.detach(), None if spatial_weight is None else spatial_weight.detach()
-
-
-# The layer's forward and backward, each registered as a custom operator below.
-
-def _forward_pass(kernels, x: Tensor, fc1_weight: Tensor, fc1_bias: Tensor, fc2_weight: Tensor,
-                  fc2_bias: Tensor, spatial_weight: Optional[Tensor],
-                  spatial_bias: Optional[Tensor], alpha: Tensor, beta: Tensor, groups: int,
-                  lambda_a: float, lambda_b: float, tau: float, gamma: float, mode: str):
-    """(y, the pooled context, the attention's softmax or None), the pooling and the piecewise
-    maximum done by ``kernels`` (compiled, or plain for exporters). The small tensors are in
-    the parameters' precision; callers turn autocast off."""
-    context_fn, forward_fn = kernels
-    dtype = fc1_weight.dtype
-    context_x, logits = context_fn(x, spatial_weight)
-    context_x = context_x.to(dtype)
-    da, db, _, _ = coefficients(context_x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, groups,
-                                alpha.numel(), lambda_a, lambda_b)
-    pi = softmax = None
-    if spatial_weight is not None:
-        pi, softmax = attention(logits.to(dtype), spatial_bias, tau, gamma)
-    a, b = _full_coefficients(da, db, alpha, beta, mode)
-    return forward_fn(x, a, b, alpha, beta, pi, mode), context_x, softmax
+def _detached(*tensors: Optional[Tensor]):
+    return [None if t is None else t.detach() for t in tensors]
 
 
 def _layer_forward(x: Tensor, fc1_weight: Tensor, fc1_bias: Tensor, fc2_weight: Tensor,
@@ -317,11 +348,11 @@ def _layer_forward(x: Tensor, fc1_weight: Tensor, fc1_bias: Tensor, fc2_weight: 
                    ) -> tuple[Tensor, Tensor, Tensor]:
     """y and what backward needs: the pooled context and the attention's softmax (empty
     without a spatial conv)."""
-    x, spatial_weight = _for_kernels(x, spatial_weight)
+    tensors = _detached(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, spatial_weight,
+                        spatial_bias)
     with _below_autograd(), torch.autocast(x.device.type, enabled=False):
-        y, context_x, softmax = _forward_pass(
-            (context, forward), x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, spatial_weight,
-            spatial_bias, alpha, beta, groups, lambda_a, lambda_b, tau, gamma, mode)
+        y, context_x, softmax = _compiled_forward(*tensors, alpha, beta, groups, lambda_a,
+                                                  lambda_b, tau, gamma, mode)
     if softmax is None:
         softmax = x.new_empty(0, dtype=fc1_weight.dtype)
     return _like(x, y), context_x, softmax
@@ -335,35 +366,20 @@ def _layer_backward(grad: Tensor, x: Tensor, fc1_weight: Tensor, fc1_bias: Tenso
                     ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Gradients of x (empty unless ``input_grad``), fc1 and fc2 (weight, bias), and of the
     spatial conv's weight and bias (empty without one)."""
-    x, spatial_weight = _for_kernels(x, spatial_weight)
+    tensors = _detached(grad, x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, spatial_weight)
     with _below_autograd(), torch.autocast(x.device.type, enabled=False):
-        dtype = fc1_weight.dtype
-        h, w = x.shape[2:]
-        pi = None if spatial_weight is None else _scaled_attention(softmax, gamma, h, w)
-        # Recomputed, not kept from forward: what a layer holds stays x plus 1/C of it.
-        da, db, hidden, sig = coefficients(context_x, fc1_weight, fc1_bias, fc2_weight,
-                                           fc2_bias, groups, alpha.numel(), lambda_a, lambda_b)
-        a, b = _full_coefficients(da, db, alpha, beta, mode)
-        grad_da, grad_db = _coeff_grad(x, a, b, alpha, beta, pi, mode, grad)
-        grad_context, *grad_fc = _coefficients_backward(
-            grad_da.to(dtype), grad_db.to(dtype), context_x, hidden, sig, fc1_weight, fc2_weight,
-            lambda_a, lambda_b)
-        grad_logits = None
-        grad_spatial = (x.new_empty(0), x.new_empty(0))  # outputs may not alias each other
-        if spatial_weight is not None:
-            grad_pi = _attention_grad(x, a, b, alpha, beta, pi, mode, grad).to(dtype)
-            grad_logits, grad_bias = _attention_backward(grad_pi, softmax, tau, gamma)
-            grad_weight = _spatial_weight_grad(x, grad_logits).to(spatial_weight.dtype)
-            grad_spatial = (grad_weight, grad_bias)
-        grad_x = x.new_empty(0)
-        if input_grad:
-            grad_x = _like(x, _input_grad(x, a, b, alpha, beta, pi, mode, grad, grad_context,
-                                          grad_logits, spatial_weight))
+        grad_x, *grad_fc, grad_weight, grad_bias = _compiled_backward(
+            *tensors, alpha, beta, context_x, softmax, groups, lambda_a, lambda_b, tau, gamma,
+            mode, input_grad)
+    # Outputs may not be None, nor alias each other.
+    grad_x = x.new_empty(0) if grad_x is None else _like(x, grad_x)
+    grad_spatial = (x.new_empty(0), x.new_empty(0)) if grad_weight is None else (
+        grad_weight, grad_bias)
     return (grad_x, *grad_fc, *grad_spatial)
 
 
-# Under torch.compile, inductor keeps the layer as these two operators (our compiled kernels
-# run inside), so a compiled model pays what an eager layer costs: traced as plain operators,
+# Under torch.compile, inductor keeps the layer as these two operators (our compiled forward
+# and backward run inside), so a compiled model pays what an eager layer costs: traced as plain operators,
 # inductor's fused DY-ReLU loops ran 2-3x slower than these kernels on the CPU (README,
 # Performance). Eager mode calls the same two functions from an autograd.Function
 # (_DyReLULayer): through the operators' dispatch and autograd wrapper a layer took about
@@ -393,15 +409,19 @@ def _(grad, x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, spatial_weight, alpha
             *spatial)
 
 
-def _setup_context(ctx, inputs, output):
+def _save(ctx, inputs, context_x: Tensor, softmax: Tensor) -> None:
     x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, spatial_weight, _, alpha, beta, *options = inputs
-    _, context_x, softmax = output
-    ctx.mark_non_differentiable(context_x, softmax)
     # Saved: what the layer keeps of its input (x plus 1/C of it). The hyper function's
     # parameters are held as the module holds them; they are no activation memory.
     ctx.save_for_backward(x, spatial_weight, alpha, beta, context_x, softmax)
     ctx.hyper_weights = (fc1_weight, fc1_bias, fc2_weight, fc2_bias)
     ctx.options = options
+
+
+def _setup_context(ctx, inputs, output):
+    _, context_x, softmax = output
+    ctx.mark_non_differentiable(context_x, softmax)
+    _save(ctx, inputs, context_x, softmax)
 
 
 def _backward(ctx, grad_y, *_, layer_backward=_dyrelu_backward_op):
@@ -417,18 +437,20 @@ _dyrelu_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 class _DyReLULayer(torch.autograd.Function):
-    """The eager path: the operators' functions, with the same backward as their autograd."""
+    """The eager path: the operators' functions, with the same backward as their autograd.
+    Its only output is y (the operator's other two stay on ctx): autograd then tracks one
+    output, not three."""
 
     @staticmethod
-    def forward(*inputs):
-        return _layer_forward(*inputs)
-
-    setup_context = staticmethod(_setup_context)
+    def forward(ctx, *inputs):
+        y, context_x, softmax = _layer_forward(*inputs)
+        _save(ctx, inputs, context_x, softmax)
+        return y
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, *grads):
-        return _backward(ctx, *grads, layer_backward=_layer_backward)
+    def backward(ctx, grad_y):
+        return _backward(ctx, grad_y, layer_backward=_layer_backward)
 
 
 def dyrelu(x: Tensor, fc1: torch.nn.Linear, fc2: torch.nn.Linear, alpha: Tensor, beta: Tensor,
@@ -460,9 +482,11 @@ def dyrelu(x: Tensor, fc1: torch.nn.Linear, fc2: torch.nn.Linear, alpha: Tensor,
     if _exporting():
         return _plain_dyrelu(x, fc1, fc2, alpha, beta, groups, lambda_a, lambda_b, mode,
                              spatial_weight, spatial_bias, tau, gamma)
-    layer = _dyrelu_op if torch.compiler.is_compiling() else _DyReLULayer.apply
-    return layer(x, fc1.weight, fc1.bias, fc2.weight, fc2.bias, spatial_weight, spatial_bias,
-                 alpha, beta, groups, lambda_a, lambda_b, tau, gamma, mode)[0]
+    inputs = (x, fc1.weight, fc1.bias, fc2.weight, fc2.bias, spatial_weight, spatial_bias,
+              alpha, beta, groups, lambda_a, lambda_b, tau, gamma, mode)
+    if torch.compiler.is_compiling():
+        return _dyrelu_op(*inputs)[0]
+    return _DyReLULayer.apply(*inputs)
 
 
 def _exporting() -> bool:
@@ -475,6 +499,6 @@ def _plain_dyrelu(x, fc1, fc2, alpha, beta, groups, lambda_a, lambda_b, mode, sp
                   spatial_bias, tau, gamma):
     """The layer as plain differentiable operators, for exporters."""
     with torch.autocast(x.device.type, enabled=False):
-        return _forward_pass((context_kernel, forward_kernel), x, fc1.weight, fc1.bias,
-                             fc2.weight, fc2.bias, spatial_weight, spatial_bias, alpha, beta,
-                             groups, lambda_a, lambda_b, tau, gamma, mode)[0]
+        return _forward_pass(x, fc1.weight, fc1.bias, fc2.weight, fc2.bias, spatial_weight,
+                             spatial_bias, alpha, beta, groups, lambda_a, lambda_b, tau, gamma,
+                             mode)[0]
