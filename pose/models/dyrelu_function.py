@@ -90,6 +90,21 @@ def _winner_masks(x: Tensor, pieces: list[tuple[Tensor, Tensor]]) -> list[Tensor
     return [(winner == k).to(x.dtype) for k in range(len(pieces))]
 
 
+def _winning_slope(x: Tensor, pieces: list[tuple[Tensor, Tensor]]) -> Tensor:
+    """The slope of the piece that wins at each element, ties to the later piece as in
+    _winner_masks. Piece k beats the best so far where (a_k - a_best) x >= b_best - b_k: the
+    same test as a_k x + b_k >= a_best x + b_best up to rounding, but not the same operations.
+    Written as the same operations, the backward graph's common-subexpression pass would merge
+    it with the coefficient gradients' masks, and inductor would store that mask (one more
+    full-size write) instead of recomputing it from x in the input-gradient loop."""
+    best_slope, best_intercept = pieces[0]
+    for slope, intercept in pieces[1:]:
+        wins = (slope - best_slope) * x >= best_intercept - intercept
+        best_slope = torch.where(wins, slope, best_slope)
+        best_intercept = torch.where(wins, intercept, best_intercept)
+    return best_slope if len(pieces) > 1 else best_slope.expand_as(x)
+
+
 def context_kernel(x: Tensor, spatial_weight: Optional[Tensor]):
     """The hyper function's pooled input (N, C) and, for variant C, the attention logits
     without bias (N, 1, H, W): the 1x1 conv C -> 1."""
@@ -151,11 +166,7 @@ def input_grad_kernel(x: Tensor, a: Tensor, b: Tensor, alpha: Tensor, beta: Tens
                       spatial_weight: Optional[Tensor]) -> Tensor:
     """dL/dx: the output gradient times the winning slope, plus the gradients that reach x
     through the mean pooling (grad_context / HW) and the 1x1 spatial conv."""
-    pieces = _pieces(x, a, b, alpha, beta, pi, mode)
-    masks = _winner_masks(x, pieces)
-    slope = masks[0] * pieces[0][0]
-    for mask, (piece_slope, _) in zip(masks[1:], pieces[1:]):
-        slope = slope + mask * piece_slope
+    slope = _winning_slope(x, _pieces(x, a, b, alpha, beta, pi, mode))
     if mode == "coefficient":
         grad = grad * pi.to(grad.dtype)
     result = grad * slope
