@@ -40,7 +40,7 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
@@ -299,11 +299,23 @@ def _forward_pass(x: Tensor, fc1_weight: Tensor, fc1_bias: Tensor, fc2_weight: T
     return forward_kernel(x, a, b, alpha, beta, pi, mode), context_x, softmax
 
 
+class _Passes(NamedTuple):
+    """The backward's passes over x: plain functions, or each compiled on its own."""
+    coeff_grad: Callable
+    attention_grad: Callable
+    input_grad: Callable
+    spatial_weight_grad: Callable
+
+
+_PLAIN_PASSES = _Passes(coeff_grad_kernel, attention_grad_kernel, input_grad_kernel,
+                        spatial_weight_grad_kernel)
+
+
 def _backward_pass(grad: Tensor, x: Tensor, fc1_weight: Tensor, fc1_bias: Tensor,
                    fc2_weight: Tensor, fc2_bias: Tensor, spatial_weight: Optional[Tensor],
                    alpha: Tensor, beta: Tensor, context_x: Tensor, softmax: Tensor, groups: int,
                    lambda_a: float, lambda_b: float, tau: float, gamma: float, mode: str,
-                   input_grad: bool):
+                   input_grad: bool, passes: _Passes = _PLAIN_PASSES):
     """Gradients of x (None unless ``input_grad``), fc1 and fc2 (weight, bias), and of the
     spatial conv's weight and bias (None without one)."""
     dtype = fc1_weight.dtype
@@ -313,23 +325,28 @@ def _backward_pass(grad: Tensor, x: Tensor, fc1_weight: Tensor, fc1_bias: Tensor
     da, db, hidden, sig = coefficients(context_x, fc1_weight, fc1_bias, fc2_weight, fc2_bias,
                                        groups, alpha.numel(), lambda_a, lambda_b)
     a, b = _full_coefficients(da, db, alpha, beta, mode)
-    grad_da, grad_db = coeff_grad_kernel(x, a, b, alpha, beta, pi, mode, grad)
+    grad_da, grad_db = passes.coeff_grad(x, a, b, alpha, beta, pi, mode, grad)
     grad_context, *grad_fc = _coefficients_backward(
         grad_da.to(dtype), grad_db.to(dtype), context_x, hidden, sig, fc1_weight, fc2_weight,
         lambda_a, lambda_b)
     grad_logits = grad_weight = grad_bias = grad_x = None
     if spatial_weight is not None:
-        grad_pi = attention_grad_kernel(x, a, b, alpha, beta, pi, mode, grad).to(dtype)
+        grad_pi = passes.attention_grad(x, a, b, alpha, beta, pi, mode, grad).to(dtype)
         grad_logits, grad_bias = _attention_backward(grad_pi, softmax, tau, gamma)
-        grad_weight = spatial_weight_grad_kernel(x, grad_logits).to(spatial_weight.dtype)
+        grad_weight = passes.spatial_weight_grad(x, grad_logits).to(spatial_weight.dtype)
     if input_grad:
-        grad_x = input_grad_kernel(x, a, b, alpha, beta, pi, mode, grad, grad_context,
+        grad_x = passes.input_grad(x, a, b, alpha, beta, pi, mode, grad, grad_context,
                                    grad_logits, spatial_weight)
     return grad_x, *grad_fc, grad_weight, grad_bias
 
 
 _compiled_forward = _Compiled(_forward_pass)
 _compiled_backward = _Compiled(_backward_pass)
+# Mode "residual" (variant C with spatial="residual"): there a piece's slope and intercept
+# vary per position (alpha + pi * a), and with the backward compiled whole inductor stored
+# all four of them as full-size tensors; a layer took 3-5x longer than with each pass
+# compiled on its own and the small work between them run eagerly, as here.
+_separately_compiled_passes = _Passes(*(_Compiled(fn) for fn in _PLAIN_PASSES))
 
 
 def _like(x: Tensor, result: Tensor) -> Tensor:
@@ -379,9 +396,13 @@ def _layer_backward(grad: Tensor, x: Tensor, fc1_weight: Tensor, fc1_bias: Tenso
     spatial conv's weight and bias (empty without one)."""
     tensors = _detached(grad, x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, spatial_weight)
     with _below_autograd(), torch.autocast(x.device.type, enabled=False):
-        grad_x, *grad_fc, grad_weight, grad_bias = _compiled_backward(
-            *tensors, alpha, beta, context_x, softmax, groups, lambda_a, lambda_b, tau, gamma,
-            mode, input_grad)
+        inputs = (*tensors, alpha, beta, context_x, softmax, groups, lambda_a, lambda_b, tau,
+                  gamma, mode, input_grad)
+        if mode == "residual":
+            grads = _backward_pass(*inputs, passes=_separately_compiled_passes)
+        else:
+            grads = _compiled_backward(*inputs)
+        grad_x, *grad_fc, grad_weight, grad_bias = grads
     # Outputs may not be None, nor alias each other.
     grad_x = x.new_empty(0) if grad_x is None else _like(x, grad_x)
     grad_spatial = (x.new_empty(0), x.new_empty(0)) if grad_weight is None else (
