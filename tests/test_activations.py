@@ -249,15 +249,15 @@ class _EveryVariant(nn.Module):
 
 
 def test_dyrelu_kernels_share_graphs_across_training_inference_eager_and_compiled():
-    # A compiled kernel keeps one graph per state it is called in; past dynamo's recompile
-    # limit (8) it would run eagerly for good. Inference after training, and a compiled model
-    # after an eager one, must not add graphs (dyrelu_function._for_kernels, _below_autograd).
+    # A compiled function keeps one graph per state it is called in; past its recompile limit
+    # it would run eagerly for good. Inference after training, and a compiled model after an
+    # eager one, must not add graphs (dyrelu_function._detached, _below_autograd).
     from torch._dynamo.eval_frame import _debug_get_cache_entry_list
 
     from pose.models import dyrelu_function
 
-    kernels = [k.fn.__code__ for k in vars(dyrelu_function).values()
-               if isinstance(k, dyrelu_function._Compiled)]
+    candidates = [*vars(dyrelu_function).values(), *dyrelu_function._separately_compiled_passes]
+    kernels = [k.fn.__code__ for k in candidates if isinstance(k, dyrelu_function._Compiled)]
 
     def graphs():
         return [len(_debug_get_cache_entry_list(code)) for code in kernels]

@@ -27,13 +27,15 @@ for the coefficient gradients (and once for the attention gradient), then once t
 input gradient, into which the gradients through the pooling and the 1x1 spatial conv are
 folded, so autograd never adds a broadcast gradient pass. The layer's forward and its
 backward are each one function compiled whole with ``torch.compile`` (inductor): the passes
-become a few loops and the hyper function's small operations are fused around them. Compiled
-as six separate kernels with the hyper function in eager mode, a layer took 0.1-0.5 ms more:
-two dozen small calls, each paying Python and dispatch, slower still when the passes have
-just flushed the caches. Dynamic shapes, so that one compilation serves every layer: kernels
-compiled per shape ran 10-25% faster on their own, but a whole train step at 256x192 did not
-get faster, and each new shape cost seconds of compilation. ``POSE_DYRELU_COMPILE=0`` runs
-the functions eagerly; if compilation fails they run eagerly with a warning.
+become a few loops and the hyper function's small operations are fused around them (mode
+"residual" keeps its backward passes compiled one by one: see _separately_compiled_passes).
+Compiled as six separate kernels with the hyper function in eager mode, a layer took
+0.1-0.5 ms more: two dozen small calls, each paying Python and dispatch, slower still when
+the passes have just flushed the caches. Dynamic shapes, so that one compilation serves every
+layer: kernels compiled per shape ran 10-25% faster on their own, but a whole train step at
+256x192 did not get faster, and each new shape cost seconds of compilation.
+``POSE_DYRELU_COMPILE=0`` runs the functions eagerly; if compilation fails they run eagerly
+with a warning.
 """
 from __future__ import annotations
 
@@ -343,15 +345,16 @@ def _backward_pass(grad: Tensor, x: Tensor, fc1_weight: Tensor, fc1_bias: Tensor
 _compiled_forward = _Compiled(_forward_pass)
 _compiled_backward = _Compiled(_backward_pass)
 # Mode "residual" (variant C with spatial="residual"): there a piece's slope and intercept
-# vary per position (alpha + pi * a), and with the backward compiled whole inductor stored
-# all four of them as full-size tensors; a layer took 3-5x longer than with each pass
-# compiled on its own and the small work between them run eagerly, as here.
+# vary per position (alpha + pi * a). With the backward compiled whole, inductor stored all
+# four as full-size tensors, and a layer took up to 5.6x as long (at the synthetic grid's
+# shapes) as with each pass compiled on its own and the small work between them run eagerly,
+# as here.
 _separately_compiled_passes = _Passes(*(_Compiled(fn) for fn in _PLAIN_PASSES))
 
 
 def _like(x: Tensor, result: Tensor) -> Tensor:
     """``result`` in x's memory layout: the layout the operators' fake versions promise."""
-    if result.stride() == x.stride():  # the kernels' outputs are dense, so x is too
+    if result.stride() == x.stride():  # compiled outputs are dense, so x is too
         return result
     out = torch.empty_like(x, dtype=result.dtype)
     return result if out.stride() == result.stride() else out.copy_(result)
@@ -411,9 +414,9 @@ def _layer_backward(grad: Tensor, x: Tensor, fc1_weight: Tensor, fc1_bias: Tenso
 
 
 # Under torch.compile, inductor keeps the layer as these two operators (our compiled forward
-# and backward run inside), so a compiled model pays what an eager layer costs: traced as plain operators,
-# inductor's fused DY-ReLU loops ran 2-3x slower than these kernels on the CPU (README,
-# Performance). Eager mode calls the same two functions from an autograd.Function
+# and backward run inside), so a compiled model pays what an eager layer costs: traced as
+# plain operators, inductor's fused DY-ReLU loops ran 2-3x slower than ours on the CPU
+# (README, Performance). Eager mode calls the same two functions from an autograd.Function
 # (_DyReLULayer): through the operators' dispatch and autograd wrapper a layer took about
 # 0.1 ms more. Inductor's on-disk cache knows the operators by name: a change to their
 # signature needs a new name, or compiled models may run code cached for the old one.
