@@ -1,9 +1,9 @@
 """DY-ReLU layer cost against ReLU, side by side in one run.
 
 For pose-typical shapes, forward+backward time and the bytes autograd saves for backward of:
-ReLU, our DY-ReLU-A/B/C (the whole module: hyper function, attention, piecewise maximum) and a
-naive DY-ReLU written here from the formulas, which materialises (N, C, H, W, K). Prints each
-as a ratio to ReLU.
+ReLU, our DY-ReLU-A/B/C (the whole module: hyper function, attention, piecewise maximum; C
+also with spatial="residual", as "cr") and a naive DY-ReLU written here from the formulas,
+which materialises (N, C, H, W, K). Prints each as a ratio to ReLU.
 
 It also times a floor for each variant: ReLU's step plus the full-tensor reads that variant
 cannot avoid, each done by one ATen reduction.
@@ -36,6 +36,10 @@ from measurements import (  # this folder
     device_sync, interleaved_medians, keep_freed_memory, saved_bytes)
 
 SHAPES = [(32, 24, 64, 48), (32, 96, 32, 24), (32, 192, 32, 24), (32, 96, 64, 48), (2, 96, 4, 4)]
+# Layer name suffix -> DyReLU options; "cr" is C with spatial="residual", whose backward runs
+# a different path (pose/models/dyrelu_function.py).
+VARIANTS = {"a": {"variant": "a"}, "b": {"variant": "b"}, "c": {"variant": "c"},
+            "cr": {"variant": "c", "spatial": "residual"}}
 
 
 class NaiveDyReLU(nn.Module):
@@ -48,11 +52,14 @@ class NaiveDyReLU(nn.Module):
     def forward(self, x):
         ref = self.ref
         da, db = ref.coefficients(x.mean(dim=(2, 3)))  # (N, G, K)
-        a = (ref.alpha + da)[:, :, None, None, :]
-        b = (ref.beta + db)[:, :, None, None, :]
+        da, db = da[:, :, None, None, :], db[:, :, None, None, :]
         if ref.variant == "c":
             logits = nn.functional.conv2d(x, ref.spatial_conv.weight)
             pi = ref.attention(logits)[..., None]  # (N, 1, H, W, 1)
+            if ref.spatial == "residual":  # pi scales only the residuals
+                da, db = pi * da, pi * db
+        a, b = ref.alpha + da, ref.beta + db
+        if ref.variant == "c" and ref.spatial == "coefficient":
             a, b = pi * a, pi * b
         return (a * x[..., None] + b).max(dim=-1).values
 
@@ -112,9 +119,9 @@ def main() -> None:
         x = torch.randn(shape, device=device, requires_grad=True)
         channels = shape[1]
         layers = {"relu": nn.ReLU()}
-        for variant in "abc":
-            layers[f"dyrelu_{variant}"] = DyReLU(channels, variant=variant)
-            layers[f"naive_{variant}"] = NaiveDyReLU(layers[f"dyrelu_{variant}"])
+        for key, options in VARIANTS.items():
+            layers[f"dyrelu_{key}"] = DyReLU(channels, **options)
+            layers[f"naive_{key}"] = NaiveDyReLU(layers[f"dyrelu_{key}"])
         for layer in layers.values():
             layer.to(device)
         grad = torch.randn_like(x)
@@ -133,8 +140,9 @@ def main() -> None:
         for name, (elapsed, nbytes) in results.items():
             naive = floor = ""
             if name.startswith("dyrelu"):
-                naive = f"{results['naive_' + name[-1]][0] / elapsed:.2f}x"
-                floor = f"{elapsed / seconds['floor_c' if name[-1] == 'c' else 'floor_ab']:.2f}x"
+                key = name.split("_")[1]
+                naive = f"{results['naive_' + key][0] / elapsed:.2f}x"
+                floor = f"{elapsed / seconds['floor_c' if key[0] == 'c' else 'floor_ab']:.2f}x"
             print(f"{str(shape):>20} {name:>10} {elapsed * 1e3:8.2f} {elapsed / base_time:6.2f}x "
                   f"{nbytes / 2**20:9.1f} {nbytes / base_bytes:6.2f}x {naive:>10} {floor:>10}")
         for name in ("floor_ab", "floor_c"):
