@@ -2,7 +2,26 @@ import pytest
 import torch
 from torch import nn
 
+from pose.models import dyrelu_function, dyrelu_native
 from pose.models.activations import ACTIVATIONS, DyReLU, make_activation
+
+
+@pytest.fixture(params=["native", "compiled"])
+def layer_path(request, monkeypatch):
+    """Run a test through each implementation of the layer: the native CPU kernels and the
+    torch.compile'd passes (what CUDA, bfloat16 and channels_last take)."""
+    if request.param == "native":
+        assert dyrelu_native.library(torch.float64) is not None, "native kernels did not build"
+
+        def compiled_path_taken(*args, **kwargs):
+            raise AssertionError("the native path was expected")
+
+        monkeypatch.setattr(dyrelu_function, "_compiled_forward", compiled_path_taken)
+        monkeypatch.setattr(dyrelu_function, "_compiled_backward", compiled_path_taken)
+        monkeypatch.setenv("POSE_DYRELU_NATIVE", "1")
+    else:
+        monkeypatch.setenv("POSE_DYRELU_NATIVE", "0")
+    return request.param
 
 
 def reference_dyrelu(module: DyReLU, x: torch.Tensor) -> torch.Tensor:
@@ -43,7 +62,7 @@ def randomised(module: DyReLU) -> DyReLU:
 
 @pytest.mark.parametrize("variant", ["a", "b", "c"])
 @pytest.mark.parametrize("k", [2, 3])
-def test_dyrelu_matches_formula_reference(variant, k):
+def test_dyrelu_matches_formula_reference(variant, k, layer_path):
     torch.manual_seed(0)
     module = randomised(DyReLU(8, variant=variant, k=k, reduction=2)).double()
     x = torch.randn(3, 8, 5, 4, dtype=torch.float64)
@@ -51,7 +70,7 @@ def test_dyrelu_matches_formula_reference(variant, k):
 
 
 @pytest.mark.parametrize("k", [2, 3])
-def test_dyrelu_c_residual_mode_matches_reference(k):
+def test_dyrelu_c_residual_mode_matches_reference(k, layer_path):
     torch.manual_seed(1)
     module = randomised(DyReLU(6, variant="c", k=k, reduction=2, spatial="residual")).double()
     x = torch.randn(2, 6, 4, 3, dtype=torch.float64)
@@ -67,7 +86,7 @@ def test_dyrelu_a_coefficients_are_shared_across_channels():
 
 @pytest.mark.parametrize("variant,spatial", [("a", "coefficient"), ("b", "coefficient"),
                                              ("c", "residual")])
-def test_dyrelu_with_relu_init_equals_relu_exactly(variant, spatial):
+def test_dyrelu_with_relu_init_equals_relu_exactly(variant, spatial, layer_path):
     torch.manual_seed(3)
     module = DyReLU(16, variant=variant, init="relu", spatial=spatial)
     x = torch.randn(2, 16, 7, 5)
@@ -83,7 +102,7 @@ def test_dyrelu_c_with_relu_init_is_relu_scaled_by_uniform_attention():
 
 @pytest.mark.parametrize("variant", ["a", "b", "c"])
 @pytest.mark.parametrize("k", [2, 3])
-def test_dyrelu_gradients_pass_gradcheck(variant, k):
+def test_dyrelu_gradients_pass_gradcheck(variant, k, layer_path):
     torch.manual_seed(4)
     module = randomised(DyReLU(4, variant=variant, k=k, reduction=2)).double()
     x = torch.randn(2, 4, 3, 3, dtype=torch.float64, requires_grad=True)
@@ -95,7 +114,7 @@ CASES = [("a", "coefficient"), ("b", "coefficient"), ("c", "coefficient"), ("c",
 
 @pytest.mark.parametrize("variant,spatial", CASES)
 @pytest.mark.parametrize("k", [1, 2, 3])
-def test_dyrelu_parameter_and_input_gradients_match_reference(variant, spatial, k):
+def test_dyrelu_parameter_and_input_gradients_match_reference(variant, spatial, k, layer_path):
     # The fused layer's hand-written backward against autograd through the formulas.
     torch.manual_seed(5)
     module = randomised(DyReLU(5, variant=variant, k=k, reduction=2, spatial=spatial)).double()
@@ -109,7 +128,7 @@ def test_dyrelu_parameter_and_input_gradients_match_reference(variant, spatial, 
 
 
 @pytest.mark.parametrize("variant,spatial", CASES)
-def test_dyrelu_saves_no_k_sized_tensor_for_backward(variant, spatial):
+def test_dyrelu_saves_no_k_sized_tensor_for_backward(variant, spatial, layer_path):
     module = DyReLU(16, variant=variant, k=3, reduction=2, spatial=spatial)
     x = torch.randn(4, 16, 16, 12, requires_grad=True)
     saved = []
@@ -126,7 +145,7 @@ def test_dyrelu_saves_no_k_sized_tensor_for_backward(variant, spatial):
     assert sum(t.numel() for t in saved) <= x.numel() * (1 + 1 / 16) + 4 * 16 + 100
 
 
-def test_dyrelu_gradients_skip_frozen_parameters():
+def test_dyrelu_gradients_skip_frozen_parameters(layer_path):
     module = randomised(DyReLU(6, variant="c", reduction=2))
     module.fc1.requires_grad_(False)
     x = torch.randn(2, 6, 4, 4, requires_grad=True)
@@ -192,7 +211,8 @@ def test_dyrelu_runs_under_bf16_autocast_close_to_float32(variant):
 
 
 @pytest.mark.parametrize("variant", ["b", "c"])
-def test_dyrelu_kernels_compile_once_for_every_channel_count(variant):
+def test_dyrelu_kernels_compile_once_for_every_channel_count(variant, monkeypatch):
+    monkeypatch.setenv("POSE_DYRELU_NATIVE", "0")  # the compiled path
     # Per-layer recompiles would hit dynamo's recompile limit in a real model (MobileNetV2
     # has a dozen channel counts) and silently fall back to slow eager kernels.
     def run(channels):
@@ -201,8 +221,6 @@ def test_dyrelu_kernels_compile_once_for_every_channel_count(variant):
         module(x).sum().backward()
         with torch.no_grad():
             module(x)
-
-    from pose.models import dyrelu_function
 
     run(8)
     assert not dyrelu_function._Compiled.broken
@@ -216,7 +234,7 @@ def test_dyrelu_kernels_compile_once_for_every_channel_count(variant):
         dyrelu_function._Compiled.broken = False
 
 
-def test_whole_model_compile_keeps_the_layer_whole_with_the_same_gradients():
+def test_whole_model_compile_keeps_the_layer_whole_with_the_same_gradients(layer_path):
     # Inside torch.compile the layer is two custom operators (pose::dyrelu and its backward):
     # no graph break, and the compiled model must learn what the eager one learns.
     torch.manual_seed(7)
@@ -248,13 +266,12 @@ class _EveryVariant(nn.Module):
         return x
 
 
-def test_dyrelu_kernels_share_graphs_across_training_inference_eager_and_compiled():
+def test_dyrelu_kernels_share_graphs_across_training_inference_eager_and_compiled(monkeypatch):
+    monkeypatch.setenv("POSE_DYRELU_NATIVE", "0")  # the compiled path
     # A compiled function keeps one graph per state it is called in; past its recompile limit
     # it would run eagerly for good. Inference after training, and a compiled model after an
     # eager one, must not add graphs (dyrelu_function._detached, _below_autograd).
     from torch._dynamo.eval_frame import _debug_get_cache_entry_list
-
-    from pose.models import dyrelu_function
 
     candidates = [*vars(dyrelu_function).values(), *dyrelu_function._separately_compiled_passes]
     kernels = [k.fn.__code__ for k in candidates if isinstance(k, dyrelu_function._Compiled)]
@@ -279,3 +296,55 @@ def test_dyrelu_kernels_share_graphs_across_training_inference_eager_and_compile
             compiled(x)
     assert graphs() == trained
     assert not dyrelu_function._Compiled.broken
+
+
+@pytest.mark.parametrize("variant,spatial", CASES)
+@pytest.mark.parametrize("k", [2, 4])  # K = 2 runs the loops specialised for it; 4 the general
+def test_native_and_compiled_paths_agree_in_float32(variant, spatial, k, monkeypatch):
+    # H*W = 63: the kernels' 16-wide partial sums and their scalar tails both run.
+    torch.manual_seed(9)
+    module = randomised(DyReLU(12, variant=variant, k=k, reduction=3, spatial=spatial))
+    x = torch.randn(5, 12, 7, 9)
+    grad = torch.randn_like(x)
+    results = {}
+    for path in ("1", "0"):
+        monkeypatch.setenv("POSE_DYRELU_NATIVE", path)
+        inputs = x.clone().requires_grad_()
+        y = module(inputs)
+        params = [inputs, *module.parameters()]
+        results[path] = (y, *torch.autograd.grad(y, params, grad))
+    for native, compiled in zip(results["1"], results["0"]):
+        torch.testing.assert_close(native, compiled, atol=1e-4, rtol=1e-4)
+
+
+def test_native_kernels_that_cannot_build_warn_and_leave_the_compiled_path(monkeypatch,
+                                                                         tmp_path):
+    monkeypatch.setenv("POSE_NATIVE_CACHE", str(tmp_path))
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    dyrelu_native.library.cache_clear()
+    try:
+        torch.manual_seed(10)
+        module = randomised(DyReLU(6, variant="b", reduction=2)).double()
+        x = torch.randn(2, 6, 4, 3, dtype=torch.float64)
+        with pytest.warns(UserWarning, match="native DY-ReLU kernels could not be built"):
+            y = module(x)
+        torch.testing.assert_close(y, reference_dyrelu(module, x))
+        assert list(tmp_path.iterdir()) == []
+    finally:
+        dyrelu_native.library.cache_clear()  # later tests load the real build again
+
+
+def test_native_kernels_build_once_into_the_cache(monkeypatch, tmp_path):
+    monkeypatch.setenv("POSE_NATIVE_CACHE", str(tmp_path))
+    dyrelu_native.library.cache_clear()
+    try:
+        assert dyrelu_native.library(torch.float32) is not None
+        built = sorted(p.name for p in tmp_path.iterdir())
+        # One library, no half-written file beside it; loading again builds nothing.
+        assert len(built) == 1 and built[0].startswith("dyrelu_kernels_float_")
+        dyrelu_native.library.cache_clear()
+        stamp = (tmp_path / built[0]).stat().st_mtime_ns
+        assert dyrelu_native.library(torch.float32) is not None
+        assert (tmp_path / built[0]).stat().st_mtime_ns == stamp
+    finally:
+        dyrelu_native.library.cache_clear()

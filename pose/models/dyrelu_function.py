@@ -36,6 +36,13 @@ layer: kernels compiled per shape ran 10-25% faster on their own, but a whole tr
 256x192 did not get faster, and each new shape cost seconds of compilation.
 ``POSE_DYRELU_COMPILE=0`` runs the functions eagerly; if compilation fails they run eagerly
 with a warning.
+
+On the CPU, float32 and float64 layers in the default memory layout take a native path
+instead (pose/models/dyrelu_native.py, C kernels built on first use): every pass over one
+sample runs while that sample is in the core's cache, so only the first pass over x reads
+memory, and each of forward and backward is one call. It took 0.6-0.8x the compiled path's
+time per layer (README, Performance). CUDA, bfloat16 and channels_last keep the compiled
+path.
 """
 from __future__ import annotations
 
@@ -46,6 +53,8 @@ from typing import Callable, NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
+
+from pose.models import dyrelu_native
 
 Tensor = torch.Tensor
 MODES = ("plain", "coefficient", "residual")
@@ -379,11 +388,15 @@ def _layer_forward(x: Tensor, fc1_weight: Tensor, fc1_bias: Tensor, fc2_weight: 
                    ) -> tuple[Tensor, Tensor, Tensor]:
     """y and what backward needs: the pooled context and the attention's softmax (empty
     without a spatial conv)."""
-    tensors = _detached(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, spatial_weight,
-                        spatial_bias)
-    with _below_autograd(), torch.autocast(x.device.type, enabled=False):
-        y, context_x, softmax = _compiled_forward(*tensors, alpha, beta, groups, lambda_a,
-                                                  lambda_b, tau, gamma, mode)
+    weights = (fc1_weight, fc1_bias, fc2_weight, fc2_bias, spatial_weight, spatial_bias)
+    if dyrelu_native.supports(x, *weights, alpha, beta):
+        y, context_x, softmax = dyrelu_native.forward(x, *weights, alpha, beta, groups, lambda_a,
+                                                      lambda_b, tau, gamma, mode)
+    else:
+        with _below_autograd(), torch.autocast(x.device.type, enabled=False):
+            y, context_x, softmax = _compiled_forward(*_detached(x, *weights), alpha, beta,
+                                                      groups, lambda_a, lambda_b, tau, gamma,
+                                                      mode)
     if softmax is None:
         softmax = x.new_empty(0, dtype=fc1_weight.dtype)
     return _like(x, y), context_x, softmax
@@ -397,15 +410,20 @@ def _layer_backward(grad: Tensor, x: Tensor, fc1_weight: Tensor, fc1_bias: Tenso
                     ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Gradients of x (empty unless ``input_grad``), fc1 and fc2 (weight, bias), and of the
     spatial conv's weight and bias (empty without one)."""
-    tensors = _detached(grad, x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, spatial_weight)
-    with _below_autograd(), torch.autocast(x.device.type, enabled=False):
-        inputs = (*tensors, alpha, beta, context_x, softmax, groups, lambda_a, lambda_b, tau,
-                  gamma, mode, input_grad)
-        if mode == "residual":
-            grads = _backward_pass(*inputs, passes=_separately_compiled_passes)
-        else:
-            grads = _compiled_backward(*inputs)
-        grad_x, *grad_fc, grad_weight, grad_bias = grads
+    weights = (fc1_weight, fc1_bias, fc2_weight, fc2_bias, spatial_weight)
+    options = (groups, lambda_a, lambda_b, tau, gamma, mode, input_grad)
+    if grad.dtype == x.dtype and dyrelu_native.supports(x, *weights, alpha, beta, context_x,
+                                                         softmax):
+        grads = dyrelu_native.backward(grad, x, *weights, alpha, beta, context_x, softmax,
+                                       *options)
+    else:
+        with _below_autograd(), torch.autocast(x.device.type, enabled=False):
+            inputs = (*_detached(grad, x, *weights), alpha, beta, context_x, softmax, *options)
+            if mode == "residual":
+                grads = _backward_pass(*inputs, passes=_separately_compiled_passes)
+            else:
+                grads = _compiled_backward(*inputs)
+    grad_x, *grad_fc, grad_weight, grad_bias = grads
     # Outputs may not be None, nor alias each other.
     grad_x = x.new_empty(0) if grad_x is None else _like(x, grad_x)
     grad_spatial = (x.new_empty(0), x.new_empty(0)) if grad_weight is None else (

@@ -1,0 +1,389 @@
+/* One DY-ReLU layer, forward and backward, on the CPU: the native path of
+ * pose/models/dyrelu_native.py (which builds this file and documents the arguments).
+ *
+ * Compiled once per scalar type: -DREAL=float or -DREAL=double.
+ *
+ * Everything DY-ReLU computes depends on one sample at a time: the pooled context, the
+ * hyper function, the spatial softmax and all their gradients. So each thread takes whole
+ * samples and makes every pass over one sample before the next. A sample (C*H*W values;
+ * 295 KB at 96x32x24 in fp32) stays in the core's cache between the passes, and only the
+ * first pass over x pays for memory. Run pass by pass over the whole batch, as a compiler
+ * fuses it, each pass reads x from memory again.
+ *
+ * x, y and the gradients are contiguous (N, C, H*W); the weights are contiguous as
+ * nn.Linear and the 1x1 conv hold them. Piece ties go to the later piece, as in
+ * dyrelu_function._winner_masks.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifndef REAL
+#error "compile with -DREAL=float or -DREAL=double"
+#endif
+
+enum { MODE_PLAIN = 0, MODE_COEFFICIENT = 1, MODE_RESIDUAL = 2 };
+
+typedef struct {
+    long n, c, hw, hidden, groups, k;
+    const REAL *fc1_weight, *fc1_bias; /* (hidden, C), (hidden) */
+    const REAL *fc2_weight, *fc2_bias; /* (groups * 2 * K, hidden), (groups * 2 * K) */
+    const REAL *spatial_weight;        /* (C) or NULL: variant C's 1x1 conv */
+    const REAL *spatial_bias;          /* (1) or NULL */
+    const REAL *alpha, *beta;          /* (K) */
+    double lambda_a, lambda_b, tau, gamma;
+    int mode, threads;
+} Layer;
+
+/* Per-thread work space for one sample. */
+typedef struct {
+    REAL *hidden, *sig, *a, *b, *logits, *pi, *grad_pi, *grad_context, *winner;
+} Scratch;
+
+static int scratch_alloc(const Layer *l, Scratch *s) {
+    long m = l->groups * 2 * l->k, gk = l->groups * l->k;
+    long sizes[9] = {l->hidden, m, gk, gk, l->hw, l->hw, l->hw, l->c, l->hw};
+    long total = 0;
+    for (int i = 0; i < 9; i++) total += sizes[i];
+    REAL *block = malloc(sizeof(REAL) * (size_t)total);
+    if (!block) return 0;
+    REAL **slots[9] = {&s->hidden, &s->sig, &s->a, &s->b, &s->logits, &s->pi, &s->grad_pi,
+                       &s->grad_context, &s->winner};
+    for (int i = 0; i < 9; i++) {
+        *slots[i] = block;
+        block += sizes[i];
+    }
+    return 1;
+}
+
+static void scratch_free(Scratch *s) { free(s->hidden); }
+
+/* Sums in LANES independent partial sums, so that the loops vectorise: gcc left the same
+ * loops written with "omp simd reduction" scalar, one dependent add per element. */
+enum { LANES = 16 };
+
+/* sum_i u[i] * v[i], or sum_i u[i] where v is NULL. */
+static inline REAL dot(const REAL *restrict u, const REAL *restrict v, long n) {
+    REAL lane[LANES] = {0}, total = 0;
+    long i = 0;
+    for (; i + LANES <= n; i += LANES)
+        for (long j = 0; j < LANES; j++) lane[j] += v ? u[i + j] * v[i + j] : u[i + j];
+    for (; i < n; i++) total += v ? u[i] * v[i] : u[i];
+    for (long j = 0; j < LANES; j++) total += lane[j];
+    return total;
+}
+
+/* The hyper function for one sample: context (C) -> hidden (ReLU), sig (sigmoid), and the
+ * coefficients a, b (groups, K) as the passes use them: with alpha, beta added except in
+ * mode "residual", which adds them per position. */
+static void hyper_forward(const Layer *l, const REAL *context, Scratch *s) {
+    long m = l->groups * 2 * l->k;
+    for (long j = 0; j < l->hidden; j++) {
+        const REAL *w = l->fc1_weight + j * l->c;
+        REAL acc = dot(w, context, l->c) + l->fc1_bias[j];
+        s->hidden[j] = acc > 0 ? acc : 0;
+    }
+    for (long i = 0; i < m; i++) {
+        const REAL *w = l->fc2_weight + i * l->hidden;
+        REAL acc = dot(w, s->hidden, l->hidden) + l->fc2_bias[i];
+        s->sig[i] = (REAL)1 / ((REAL)1 + exp(-acc));
+    }
+    int add_static = l->mode != MODE_RESIDUAL;
+    for (long g = 0; g < l->groups; g++) {
+        for (long kk = 0; kk < l->k; kk++) {
+            REAL da = (2 * s->sig[g * 2 * l->k + kk] - 1) * (REAL)l->lambda_a;
+            REAL db = (2 * s->sig[g * 2 * l->k + l->k + kk] - 1) * (REAL)l->lambda_b;
+            s->a[g * l->k + kk] = add_static ? l->alpha[kk] + da : da;
+            s->b[g * l->k + kk] = add_static ? l->beta[kk] + db : db;
+        }
+    }
+}
+
+/* pi = min(gamma * HW * softmax((logits + bias) / tau), 1) over one sample's positions. */
+static void attention_forward(const Layer *l, const REAL *logits, REAL *softmax, REAL *pi) {
+    long hw = l->hw;
+    REAL bias = l->spatial_bias[0], inv_tau = (REAL)(1.0 / l->tau), top = -INFINITY;
+    for (long p = 0; p < hw; p++) {
+        REAL z = (logits[p] + bias) * inv_tau;
+        softmax[p] = z;
+        top = z > top ? z : top;
+    }
+    REAL total = 0;
+    for (long p = 0; p < hw; p++) {
+        softmax[p] = exp(softmax[p] - top);
+        total += softmax[p];
+    }
+    REAL scale = (REAL)(l->gamma * (double)hw);
+    for (long p = 0; p < hw; p++) {
+        softmax[p] /= total;
+        REAL v = softmax[p] * scale;
+        pi[p] = v < 1 ? v : 1;
+    }
+}
+
+/* The loops over a row of positions are written once, for any K and mode, and inlined where
+ * K and the mode are constants (WITH_CONSTANTS), so that the compiler unrolls the pieces and
+ * vectorises over positions; a general version serves other K. */
+#define INLINE static inline __attribute__((always_inline))
+#define WITH(k, mode, ...)                                                                   \
+    if (k__ == (k) && m__ == (mode)) {                                                       \
+        const long K = (k);                                                                  \
+        const int MODE = (mode);                                                             \
+        __VA_ARGS__;                                                                         \
+    } else
+#define WITH_CONSTANTS(k_, mode_, ...)                                                       \
+    do {                                                                                     \
+        long k__ = (k_);                                                                     \
+        int m__ = (mode_);                                                                   \
+        WITH(2, MODE_PLAIN, __VA_ARGS__)                                                     \
+        WITH(2, MODE_COEFFICIENT, __VA_ARGS__)                                               \
+        WITH(2, MODE_RESIDUAL, __VA_ARGS__)                                                  \
+        WITH(3, MODE_PLAIN, __VA_ARGS__)                                                     \
+        WITH(3, MODE_COEFFICIENT, __VA_ARGS__)                                               \
+        WITH(3, MODE_RESIDUAL, __VA_ARGS__) {                                                \
+            const long K = k__;                                                              \
+            const int MODE = m__;                                                            \
+            __VA_ARGS__;                                                                     \
+        }                                                                                    \
+    } while (0)
+
+/* The slope and intercept of piece kk at a position with attention pw (mode "residual":
+ * alpha + pw * a). */
+#define SLOPE(kk) (MODE == MODE_RESIDUAL ? alpha[kk] + pw * a[kk] : a[kk])
+#define INTERCEPT(kk) (MODE == MODE_RESIDUAL ? beta[kk] + pw * b[kk] : b[kk])
+
+typedef struct {
+    const REAL *a, *b, *alpha, *beta, *pi; /* pieces of this row's group; pi NULL in "plain" */
+} Pieces;
+
+INLINE void forward_row(const long K, const int MODE, Pieces c, const REAL *restrict row,
+                        REAL *restrict out, long hw) {
+    const REAL *a = c.a, *b = c.b, *alpha = c.alpha, *beta = c.beta, *pi = c.pi;
+#pragma omp simd
+    for (long p = 0; p < hw; p++) {
+        REAL pw = MODE == MODE_PLAIN ? 1 : pi[p], v = row[p];
+        REAL best = SLOPE(0) * v + INTERCEPT(0);
+#pragma GCC unroll 4
+        for (long kk = 1; kk < K; kk++) {
+            REAL piece = SLOPE(kk) * v + INTERCEPT(kk);
+            best = piece >= best ? piece : best;
+        }
+        out[p] = MODE == MODE_COEFFICIENT ? best * pw : best;
+    }
+}
+
+/* The winning piece per position (as REAL) and, with an attention, the gradient reaching it:
+ * grad_pi += grad * (the winning value in mode "coefficient", the winning piece's residual
+ * part a x + b in mode "residual"). */
+INLINE void winner_row(const long K, const int MODE, Pieces c, const REAL *restrict row,
+                       const REAL *restrict grow, REAL *restrict winner,
+                       REAL *restrict grad_pi, long hw) {
+    const REAL *a = c.a, *b = c.b, *alpha = c.alpha, *beta = c.beta, *pi = c.pi;
+#pragma omp simd
+    for (long p = 0; p < hw; p++) {
+        REAL pw = MODE == MODE_PLAIN ? 1 : pi[p], v = row[p];
+        REAL best = SLOPE(0) * v + INTERCEPT(0), win = 0, part = a[0] * v + b[0];
+#pragma GCC unroll 4
+        for (long kk = 1; kk < K; kk++) {
+            REAL piece = SLOPE(kk) * v + INTERCEPT(kk);
+            int wins = piece >= best;
+            win = wins ? (REAL)kk : win;
+            if (MODE == MODE_RESIDUAL) part = wins ? a[kk] * v + b[kk] : part;
+            best = wins ? piece : best;
+        }
+        winner[p] = win;
+        if (MODE == MODE_COEFFICIENT) grad_pi[p] += grow[p] * best;
+        if (MODE == MODE_RESIDUAL) grad_pi[p] += grow[p] * part;
+    }
+}
+
+/* The coefficients' gradients from one row: sum_a[kk] += the sum of grad' * x where piece kk
+ * wins, sum_b[kk] += that of grad', with grad' = grad * pi in the attention modes (pi scales
+ * the output or the pieces). */
+INLINE void coefficient_grad_row(const long K, const int MODE, const REAL *restrict row,
+                                 const REAL *restrict grow, const REAL *restrict winner,
+                                 const REAL *restrict pi, REAL *sum_a, REAL *sum_b, long hw) {
+    for (long kk = 0; kk < K; kk++) {
+        REAL lane_a[LANES] = {0}, lane_b[LANES] = {0}, total_a = 0, total_b = 0;
+        long p = 0;
+        for (; p + LANES <= hw; p += LANES) {
+            for (long i = 0; i < LANES; i++) {
+                REAL gp = MODE == MODE_PLAIN ? grow[p + i] : grow[p + i] * pi[p + i];
+                gp *= (REAL)(winner[p + i] == (REAL)kk); /* a multiply, not a branch */
+                lane_a[i] += gp * row[p + i];
+                lane_b[i] += gp;
+            }
+        }
+        for (; p < hw; p++) {
+            REAL gp = MODE == MODE_PLAIN ? grow[p] : grow[p] * pi[p];
+            gp *= (REAL)(winner[p] == (REAL)kk);
+            total_a += gp * row[p];
+            total_b += gp;
+        }
+        for (long i = 0; i < LANES; i++) {
+            total_a += lane_a[i];
+            total_b += lane_b[i];
+        }
+        sum_a[kk] += total_a;
+        sum_b[kk] += total_b;
+    }
+}
+
+/* grad_x = grad * d y / d x + pooled + grad_logits * w. */
+INLINE void input_grad_row(const long K, const int MODE, Pieces c, const REAL *restrict row,
+                           const REAL *restrict grow, const REAL *restrict grad_logits,
+                           REAL pooled, REAL w, REAL *restrict out, long hw) {
+    const REAL *a = c.a, *b = c.b, *alpha = c.alpha, *beta = c.beta, *pi = c.pi;
+#pragma omp simd
+    for (long p = 0; p < hw; p++) {
+        REAL pw = MODE == MODE_PLAIN ? 1 : pi[p], v = row[p];
+        REAL best = SLOPE(0) * v + INTERCEPT(0), slope = SLOPE(0);
+#pragma GCC unroll 4
+        for (long kk = 1; kk < K; kk++) {
+            REAL piece = SLOPE(kk) * v + INTERCEPT(kk);
+            slope = piece >= best ? SLOPE(kk) : slope;
+            best = piece >= best ? piece : best;
+        }
+        REAL gp = MODE == MODE_COEFFICIENT ? grow[p] * pw : grow[p];
+        REAL result = gp * slope + pooled;
+        out[p] = MODE == MODE_PLAIN ? result : result + grad_logits[p] * w;
+    }
+}
+
+void dyrelu_forward(const Layer *l, const REAL *x, REAL *y, REAL *context, REAL *softmax,
+                    int *failed) {
+    long C = l->c, hw = l->hw;
+    int spatial = l->spatial_weight != NULL;
+#pragma omp parallel num_threads(l->threads)
+    {
+        Scratch s;
+        int ok = scratch_alloc(l, &s);
+        if (!ok) {
+#pragma omp atomic write
+            *failed = 1;
+        }
+#pragma omp for schedule(static)
+        for (long n = 0; n < l->n; n++) {
+            if (!ok) continue;
+            const REAL *xn = x + n * C * hw;
+            REAL *ctx = context + n * C;
+            if (spatial) memset(s.logits, 0, sizeof(REAL) * (size_t)hw);
+            for (long ch = 0; ch < C; ch++) {
+                const REAL *row = xn + ch * hw;
+                ctx[ch] = dot(row, NULL, hw) / (REAL)hw;
+                if (spatial) {
+                    REAL w = l->spatial_weight[ch];
+#pragma omp simd
+                    for (long p = 0; p < hw; p++) s.logits[p] += w * row[p];
+                }
+            }
+            hyper_forward(l, ctx, &s);
+            if (spatial) attention_forward(l, s.logits, softmax + n * hw, s.pi);
+            WITH_CONSTANTS(l->k, l->mode, {
+                for (long ch = 0; ch < C; ch++) {
+                    long g = l->groups == 1 ? 0 : ch;
+                    Pieces pieces = {s.a + g * K, s.b + g * K, l->alpha, l->beta, s.pi};
+                    forward_row(K, MODE, pieces, xn + ch * hw, y + (n * C + ch) * hw, hw);
+                }
+            });
+        }
+        if (ok) scratch_free(&s);
+    }
+}
+
+/* Backward. Writes, per sample: grad_fc2_out (groups * 2 * K) and grad_fc1_out (hidden),
+ * the gradients at the two FCs' outputs (pre-activation), and hidden (the first FC's
+ * activations), from which the caller forms the weight gradients with one matrix product
+ * each; for variant C, grad_logits (H*W: the bias-free 1x1 conv's output gradient) and
+ * grad_spatial (C: that sample's part of the 1x1 conv's weight gradient). grad_x may be NULL. */
+void dyrelu_backward(const Layer *l, const REAL *grad, const REAL *x, const REAL *context,
+                     const REAL *softmax, REAL *grad_x, REAL *grad_fc2_out, REAL *grad_fc1_out,
+                     REAL *hidden_out, REAL *grad_logits, REAL *grad_spatial, int *failed) {
+    long C = l->c, hw = l->hw, K = l->k, m = l->groups * 2 * K;
+    int spatial = l->spatial_weight != NULL;
+    REAL scale = (REAL)(l->gamma * (double)hw);
+#pragma omp parallel num_threads(l->threads)
+    {
+        Scratch s;
+        int ok = scratch_alloc(l, &s);
+        if (!ok) {
+#pragma omp atomic write
+            *failed = 1;
+        }
+#pragma omp for schedule(static)
+        for (long n = 0; n < l->n; n++) {
+            if (!ok) continue;
+            const REAL *xn = x + n * C * hw, *gn = grad + n * C * hw, *ctx = context + n * C;
+            const REAL *sm = spatial ? softmax + n * hw : NULL;
+            REAL *gf2 = grad_fc2_out + n * m, *gf1 = grad_fc1_out + n * l->hidden;
+            hyper_forward(l, ctx, &s);
+            if (spatial) {
+                for (long p = 0; p < hw; p++) {
+                    REAL v = sm[p] * scale;
+                    s.pi[p] = v < 1 ? v : 1;
+                }
+                memset(s.grad_pi, 0, sizeof(REAL) * (size_t)hw);
+            }
+            /* Pass 1: the coefficients' gradients (sums over positions, and channels when
+             * they are shared) and the attention's (sums over channels). */
+            memset(gf2, 0, sizeof(REAL) * (size_t)m);
+            WITH_CONSTANTS(l->k, l->mode, {
+                for (long ch = 0; ch < C; ch++) {
+                    long g = l->groups == 1 ? 0 : ch;
+                    const REAL *row = xn + ch * hw, *grow = gn + ch * hw;
+                    Pieces pieces = {s.a + g * K, s.b + g * K, l->alpha, l->beta, s.pi};
+                    winner_row(K, MODE, pieces, row, grow, s.winner, s.grad_pi, hw);
+                    /* theta's layout per group: K slopes, then K intercepts. */
+                    coefficient_grad_row(K, MODE, row, grow, s.winner, s.pi, gf2 + g * 2 * K,
+                                         gf2 + g * 2 * K + K, hw);
+                }
+            });
+            /* Through 2 * sigmoid - 1 and the lambdas, then fc2, the ReLU and fc1. */
+            for (long i = 0; i < m; i++) {
+                REAL lambda = (i % (2 * K)) < K ? (REAL)l->lambda_a : (REAL)l->lambda_b;
+                gf2[i] *= lambda * 2 * s.sig[i] * (1 - s.sig[i]);
+            }
+            for (long j = 0; j < l->hidden; j++) {
+                REAL acc = 0;
+                for (long i = 0; i < m; i++) acc += l->fc2_weight[i * l->hidden + j] * gf2[i];
+                gf1[j] = s.hidden[j] > 0 ? acc : 0;
+                hidden_out[n * l->hidden + j] = s.hidden[j];
+            }
+            memset(s.grad_context, 0, sizeof(REAL) * (size_t)C);
+            for (long j = 0; j < l->hidden; j++) {
+                const REAL *w = l->fc1_weight + j * C;
+                REAL gj = gf1[j];
+#pragma omp simd
+                for (long i = 0; i < C; i++) s.grad_context[i] += w[i] * gj;
+            }
+            REAL *glog = spatial ? grad_logits + n * hw : NULL;
+            if (spatial) {
+                /* Through clamp(max=1) (gradient where its input is at most 1), the scale,
+                 * the softmax and 1 / tau. */
+                REAL mean = 0; /* of the softmax's output gradient, under the softmax */
+                for (long p = 0; p < hw; p++) {
+                    REAL gs = sm[p] * scale <= 1 ? s.grad_pi[p] * scale : 0;
+                    s.grad_pi[p] = gs;
+                    mean += gs * sm[p];
+                }
+                REAL inv_tau = (REAL)(1.0 / l->tau);
+                for (long p = 0; p < hw; p++) glog[p] = sm[p] * (s.grad_pi[p] - mean) * inv_tau;
+            }
+            /* Pass 2: the input gradient, with what reaches x through the pooling and the
+             * 1x1 conv; and that conv's weight gradient. */
+            for (long ch = 0; ch < C; ch++) {
+                long g = l->groups == 1 ? 0 : ch;
+                const REAL *row = xn + ch * hw, *grow = gn + ch * hw;
+                if (spatial) grad_spatial[n * C + ch] = dot(glog, row, hw);
+                if (!grad_x) continue;
+                WITH_CONSTANTS(l->k, l->mode, {
+                    Pieces pieces = {s.a + g * K, s.b + g * K, l->alpha, l->beta, s.pi};
+                    input_grad_row(K, MODE, pieces, row, grow, glog, s.grad_context[ch] / (REAL)hw,
+                                   spatial ? l->spatial_weight[ch] : 0,
+                                   grad_x + (n * C + ch) * hw, hw);
+                });
+            }
+        }
+        if (ok) scratch_free(&s);
+    }
+}
