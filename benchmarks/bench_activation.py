@@ -3,20 +3,24 @@
 For pose-typical shapes, forward+backward time and the bytes autograd saves for backward of:
 ReLU, our DY-ReLU-A/B/C (the whole module: hyper function, attention, piecewise maximum; C
 also with spatial="residual", as "cr") and a naive DY-ReLU written here from the formulas,
-which materialises (N, C, H, W, K). Prints each as a ratio to ReLU.
+which materialises (N, C, H, W, K). Prints each as a ratio to ReLU. On the CPU our layers
+run the native kernels (pose/models/dyrelu_native.py); each is also timed with them turned
+off, on the torch.compile'd path that CUDA, bfloat16 and channels_last take ("compiled/ours").
 
-It also times a floor for each variant: ReLU's step plus the full-tensor reads that variant
-cannot avoid, each done by one ATen reduction.
-A and B must read x once more for the pooling, and x and the output gradient once more for
-the coefficient gradients, which must be complete before the input gradient can include the
-pooling's gradient. C must also read x for the attention logits, x and the gradient for the
-attention gradient, and x for the spatial conv's weight gradient. A layer can beat its floor
-only by doing its arithmetic for free.
+It also times a pass-by-pass floor for each variant: ReLU's step plus the full-tensor reads
+that variant makes when each pass runs over the whole batch (as the compiled path does), each
+done by one ATen reduction. A and B read x once more for the pooling, and x and the output
+gradient once more for the coefficient gradients, which must be complete before the input
+gradient can include the pooling's gradient. C also reads x for the attention logits, x and
+the gradient for the attention gradient, and x for the spatial conv's weight gradient. A
+pass-by-pass layer can beat its floor only by doing its arithmetic for free; the native
+kernels make all passes over one sample while it is in cache, so those extra reads mostly
+hit the cache instead of memory, and they can beat it.
 
 The last shape is tiny, so its times are the fixed cost of a layer (Python, the autograd
-function, the hyper function, one call per compiled kernel). Last, one pass y = 2x is timed
-through ATen and through torch.compile: what inductor's generated CPU loops cost against
-ATen's for the same memory traffic.
+function, the kernel calls). Last, one pass y = 2x is timed through ATen and through
+torch.compile: what inductor's generated CPU loops cost against ATen's for the same memory
+traffic.
 
 Times are medians of interleaved steps (benchmarks/measurements.py); each step reads its own
 copy of the input and gradient, so no step finds another's data in cache.
@@ -26,6 +30,7 @@ copy of the input and gradient, so no step finds another's data in cache.
 from __future__ import annotations
 
 import argparse
+import os
 
 import torch
 from torch import nn
@@ -74,6 +79,22 @@ def fwd_bwd_step(layer: nn.Module, x: torch.Tensor, grad: torch.Tensor, amp):
     return step
 
 
+def compiled_path(step):
+    """``step`` with the native CPU kernels turned off: the layer's torch.compile'd path."""
+    def run():
+        previous = os.environ.get("POSE_DYRELU_NATIVE")
+        os.environ["POSE_DYRELU_NATIVE"] = "0"
+        try:
+            step()
+        finally:
+            if previous is None:
+                del os.environ["POSE_DYRELU_NATIVE"]
+            else:
+                os.environ["POSE_DYRELU_NATIVE"] = previous
+
+    return run
+
+
 def floor_step(relu_step, x: torch.Tensor, grad: torch.Tensor, variant: str):
     """ReLU's forward+backward plus the extra passes over memory of a DY-ReLU variant."""
     def step():
@@ -113,7 +134,8 @@ def main() -> None:
     print(f"device {device}, {args.threads} threads, amp {args.amp}, "
           f"torch {torch.__version__}, freed memory kept: {steady}")
     print(f"{'shape (N,C,H,W)':>20} {'layer':>10} {'ms':>8} {'x ReLU':>7} "
-          f"{'saved MB':>9} {'x ReLU':>7} {'naive/ours':>10} {'ours/floor':>10}")
+          f"{'saved MB':>9} {'x ReLU':>7} {'naive/ours':>10} {'ours/floor':>10} "
+          f"{'compiled/ours':>13}")
     for shape in SHAPES:
         torch.manual_seed(0)
         x = torch.randn(shape, device=device, requires_grad=True)
@@ -127,9 +149,13 @@ def main() -> None:
         grad = torch.randn_like(x)
         # Each step reads its own copy of x and the gradient: with one shared copy, a step
         # that follows one that read it finds it in cache, and the order changes the ratios.
+        compared = [f"compiled_{key}" for key in VARIANTS] if device.type == "cpu" else []
         copies = {name: (x.detach().clone().requires_grad_(), grad.clone())
-                  for name in [*layers, "floor_ab", "floor_c"]}
+                  for name in [*layers, *compared, "floor_ab", "floor_c"]}
         steps = {name: fwd_bwd_step(layer, *copies[name], amp) for name, layer in layers.items()}
+        for name in compared:
+            layer = layers[name.replace("compiled", "dyrelu")]
+            steps[name] = compiled_path(fwd_bwd_step(layer, *copies[name], amp))
         for name, variant in (("floor_ab", "b"), ("floor_c", "c")):
             relu_step = fwd_bwd_step(layers["relu"], *copies[name], amp)
             steps[name] = floor_step(relu_step, *copies[name], variant)
@@ -138,14 +164,17 @@ def main() -> None:
                    for name, layer in layers.items()}
         base_time, base_bytes = results["relu"]
         for name, (elapsed, nbytes) in results.items():
-            naive = floor = ""
+            naive = floor = compiled = ""
             if name.startswith("dyrelu"):
                 key = name.split("_")[1]
                 naive = f"{results['naive_' + key][0] / elapsed:.2f}x"
                 floor = f"{elapsed / seconds['floor_c' if key[0] == 'c' else 'floor_ab']:.2f}x"
+                if compared:
+                    compiled = f"{seconds['compiled_' + key] / elapsed:.2f}x"
             print(f"{str(shape):>20} {name:>10} {elapsed * 1e3:8.2f} {elapsed / base_time:6.2f}x "
-                  f"{nbytes / 2**20:9.1f} {nbytes / base_bytes:6.2f}x {naive:>10} {floor:>10}")
-        for name in ("floor_ab", "floor_c"):
+                  f"{nbytes / 2**20:9.1f} {nbytes / base_bytes:6.2f}x {naive:>10} {floor:>10} "
+                  f"{compiled:>13}")
+        for name in (*compared, "floor_ab", "floor_c"):
             print(f"{str(shape):>20} {name:>10} {seconds[name] * 1e3:8.2f} "
                   f"{seconds[name] / base_time:6.2f}x", flush=True)
 
