@@ -73,6 +73,24 @@ static inline REAL dot(const REAL *restrict u, const REAL *restrict v, long n) {
     return total;
 }
 
+/* sum_i row[i], and logits[i] += w * row[i] in the same loop (variant C's 1x1 conv). */
+static inline REAL sum_and_project(const REAL *restrict row, REAL w, REAL *restrict logits,
+                                   long n) {
+    REAL lane[LANES] = {0}, total = 0;
+    long i = 0;
+    for (; i + LANES <= n; i += LANES)
+        for (long j = 0; j < LANES; j++) {
+            lane[j] += row[i + j];
+            logits[i + j] += w * row[i + j];
+        }
+    for (; i < n; i++) {
+        total += row[i];
+        logits[i] += w * row[i];
+    }
+    for (long j = 0; j < LANES; j++) total += lane[j];
+    return total;
+}
+
 /* The hyper function for one sample: context (C) -> hidden (ReLU), sig (sigmoid), and the
  * coefficients a, b (groups, K) as the passes use them: with alpha, beta added except in
  * mode "residual", which adds them per position. */
@@ -229,25 +247,50 @@ INLINE void coefficient_grad_row(const long K, const int MODE, const REAL *restr
     }
 }
 
-/* grad_x = grad * d y / d x + pooled + grad_logits * w. */
-INLINE void input_grad_row(const long K, const int MODE, Pieces c, const REAL *restrict row,
+/* One position's input gradient: grad * d y / d x + pooled + grad_logit * w. */
+INLINE REAL input_grad_at(const long K, const int MODE, Pieces c, REAL v, REAL g, REAL pw,
+                          REAL grad_logit, REAL pooled, REAL w) {
+    const REAL *a = c.a, *b = c.b, *alpha = c.alpha, *beta = c.beta;
+    REAL best = SLOPE(0) * v + INTERCEPT(0), slope = SLOPE(0);
+#pragma GCC unroll 4
+    for (long kk = 1; kk < K; kk++) {
+        REAL piece = SLOPE(kk) * v + INTERCEPT(kk);
+        slope = piece >= best ? SLOPE(kk) : slope;
+        best = piece >= best ? piece : best;
+    }
+    REAL gp = MODE == MODE_COEFFICIENT ? g * pw : g;
+    REAL result = gp * slope + pooled;
+    return MODE == MODE_PLAIN ? result : result + grad_logit * w;
+}
+
+/* A row of the input gradient; with an attention, also returns sum_p grad_logits * x (this
+ * row's part of the 1x1 conv's weight gradient), in the same loop. */
+INLINE REAL input_grad_row(const long K, const int MODE, Pieces c, const REAL *restrict row,
                            const REAL *restrict grow, const REAL *restrict grad_logits,
                            REAL pooled, REAL w, REAL *restrict out, long hw) {
-    const REAL *a = c.a, *b = c.b, *alpha = c.alpha, *beta = c.beta, *pi = c.pi;
+    if (MODE == MODE_PLAIN) { /* nothing to sum: a plain loop ran faster than the one below */
 #pragma omp simd
-    for (long p = 0; p < hw; p++) {
-        REAL pw = MODE == MODE_PLAIN ? 1 : pi[p], v = row[p];
-        REAL best = SLOPE(0) * v + INTERCEPT(0), slope = SLOPE(0);
-#pragma GCC unroll 4
-        for (long kk = 1; kk < K; kk++) {
-            REAL piece = SLOPE(kk) * v + INTERCEPT(kk);
-            slope = piece >= best ? SLOPE(kk) : slope;
-            best = piece >= best ? piece : best;
-        }
-        REAL gp = MODE == MODE_COEFFICIENT ? grow[p] * pw : grow[p];
-        REAL result = gp * slope + pooled;
-        out[p] = MODE == MODE_PLAIN ? result : result + grad_logits[p] * w;
+        for (long p = 0; p < hw; p++)
+            out[p] = input_grad_at(K, MODE, c, row[p], grow[p], 1, 0, pooled, w);
+        return 0;
     }
+    REAL lane[LANES] = {0}, total = 0;
+    long p = 0;
+    for (; p + LANES <= hw; p += LANES)
+        for (long j = 0; j < LANES; j++) {
+            REAL v = row[p + j], pw = MODE == MODE_PLAIN ? 1 : c.pi[p + j];
+            REAL gl = MODE == MODE_PLAIN ? 0 : grad_logits[p + j];
+            out[p + j] = input_grad_at(K, MODE, c, v, grow[p + j], pw, gl, pooled, w);
+            if (MODE != MODE_PLAIN) lane[j] += gl * v;
+        }
+    for (; p < hw; p++) {
+        REAL v = row[p], pw = MODE == MODE_PLAIN ? 1 : c.pi[p];
+        REAL gl = MODE == MODE_PLAIN ? 0 : grad_logits[p];
+        out[p] = input_grad_at(K, MODE, c, v, grow[p], pw, gl, pooled, w);
+        if (MODE != MODE_PLAIN) total += gl * v;
+    }
+    for (long j = 0; j < LANES; j++) total += lane[j];
+    return total;
 }
 
 void dyrelu_forward(const Layer *l, const REAL *x, REAL *y, REAL *context, REAL *softmax,
@@ -270,12 +313,9 @@ void dyrelu_forward(const Layer *l, const REAL *x, REAL *y, REAL *context, REAL 
             if (spatial) memset(s.logits, 0, sizeof(REAL) * (size_t)hw);
             for (long ch = 0; ch < C; ch++) {
                 const REAL *row = xn + ch * hw;
-                ctx[ch] = dot(row, NULL, hw) / (REAL)hw;
-                if (spatial) {
-                    REAL w = l->spatial_weight[ch];
-#pragma omp simd
-                    for (long p = 0; p < hw; p++) s.logits[p] += w * row[p];
-                }
+                REAL total = spatial ? sum_and_project(row, l->spatial_weight[ch], s.logits, hw)
+                                     : dot(row, NULL, hw);
+                ctx[ch] = total / (REAL)hw;
             }
             hyper_forward(l, ctx, &s);
             if (spatial) attention_forward(l, s.logits, softmax + n * hw, s.pi);
@@ -374,13 +414,16 @@ void dyrelu_backward(const Layer *l, const REAL *grad, const REAL *x, const REAL
             for (long ch = 0; ch < C; ch++) {
                 long g = l->groups == 1 ? 0 : ch;
                 const REAL *row = xn + ch * hw, *grow = gn + ch * hw;
-                if (spatial) grad_spatial[n * C + ch] = dot(glog, row, hw);
-                if (!grad_x) continue;
+                if (!grad_x) { /* the conv's weight gradient alone */
+                    if (spatial) grad_spatial[n * C + ch] = dot(glog, row, hw);
+                    continue;
+                }
                 WITH_CONSTANTS(l->k, l->mode, {
                     Pieces pieces = {s.a + g * K, s.b + g * K, l->alpha, l->beta, s.pi};
-                    input_grad_row(K, MODE, pieces, row, grow, glog, s.grad_context[ch] / (REAL)hw,
-                                   spatial ? l->spatial_weight[ch] : 0,
-                                   grad_x + (n * C + ch) * hw, hw);
+                    REAL projected = input_grad_row(
+                        K, MODE, pieces, row, grow, glog, s.grad_context[ch] / (REAL)hw,
+                        spatial ? l->spatial_weight[ch] : 0, grad_x + (n * C + ch) * hw, hw);
+                    if (spatial) grad_spatial[n * C + ch] = projected;
                 });
             }
         }
