@@ -22,6 +22,10 @@
 #error "compile with -DREAL=float or -DREAL=double"
 #endif
 
+/* exp in REAL's precision: a float promoted to double's exp took several times as long, and
+ * a layer computes one per hyper-function output and, for variant C, per position. */
+#define EXP(v) (sizeof(REAL) == sizeof(float) ? (REAL)expf((float)(v)) : (REAL)exp(v))
+
 enum { MODE_PLAIN = 0, MODE_COEFFICIENT = 1, MODE_RESIDUAL = 2 };
 
 typedef struct {
@@ -64,12 +68,15 @@ enum { LANES = 16 };
 
 /* sum_i u[i] * v[i], or sum_i u[i] where v is NULL. */
 static inline REAL dot(const REAL *restrict u, const REAL *restrict v, long n) {
-    REAL lane[LANES] = {0}, total = 0;
+    REAL total = 0;
     long i = 0;
-    for (; i + LANES <= n; i += LANES)
-        for (long j = 0; j < LANES; j++) lane[j] += v ? u[i + j] * v[i + j] : u[i + j];
+    if (n >= LANES) { /* short vectors (a hidden width of 7) skip the partial sums */
+        REAL lane[LANES] = {0};
+        for (; i + LANES <= n; i += LANES)
+            for (long j = 0; j < LANES; j++) lane[j] += v ? u[i + j] * v[i + j] : u[i + j];
+        for (long j = 0; j < LANES; j++) total += lane[j];
+    }
     for (; i < n; i++) total += v ? u[i] * v[i] : u[i];
-    for (long j = 0; j < LANES; j++) total += lane[j];
     return total;
 }
 
@@ -104,7 +111,7 @@ static void hyper_forward(const Layer *l, const REAL *context, Scratch *s) {
     for (long i = 0; i < m; i++) {
         const REAL *w = l->fc2_weight + i * l->hidden;
         REAL acc = dot(w, s->hidden, l->hidden) + l->fc2_bias[i];
-        s->sig[i] = (REAL)1 / ((REAL)1 + exp(-acc));
+        s->sig[i] = (REAL)1 / ((REAL)1 + EXP(-acc));
     }
     int add_static = l->mode != MODE_RESIDUAL;
     for (long g = 0; g < l->groups; g++) {
@@ -128,7 +135,7 @@ static void attention_forward(const Layer *l, const REAL *logits, REAL *softmax,
     }
     REAL total = 0;
     for (long p = 0; p < hw; p++) {
-        softmax[p] = exp(softmax[p] - top);
+        softmax[p] = EXP(softmax[p] - top);
         total += softmax[p];
     }
     REAL scale = (REAL)(l->gamma * (double)hw);
@@ -383,10 +390,14 @@ void dyrelu_backward(const Layer *l, const REAL *grad, const REAL *x, const REAL
                 REAL lambda = (i % (2 * K)) < K ? (REAL)l->lambda_a : (REAL)l->lambda_b;
                 gf2[i] *= lambda * 2 * s.sig[i] * (1 - s.sig[i]);
             }
+            /* fc2's transpose, row by row (its rows are contiguous). */
+            memset(gf1, 0, sizeof(REAL) * (size_t)l->hidden);
+            for (long i = 0; i < m; i++) {
+                const REAL *w = l->fc2_weight + i * l->hidden;
+                for (long j = 0; j < l->hidden; j++) gf1[j] += w[j] * gf2[i];
+            }
             for (long j = 0; j < l->hidden; j++) {
-                REAL acc = 0;
-                for (long i = 0; i < m; i++) acc += l->fc2_weight[i * l->hidden + j] * gf2[i];
-                gf1[j] = s.hidden[j] > 0 ? acc : 0;
+                gf1[j] = s.hidden[j] > 0 ? gf1[j] : 0;
                 hidden_out[n * l->hidden + j] = s.hidden[j];
             }
             memset(s.grad_context, 0, sizeof(REAL) * (size_t)C);
