@@ -41,19 +41,19 @@ typedef struct {
 
 /* Per-thread work space for one sample. */
 typedef struct {
-    REAL *hidden, *sig, *a, *b, *logits, *pi, *grad_pi, *grad_context, *winner;
+    REAL *hidden, *sig, *a, *b, *logits, *pi, *grad_pi, *grad_context;
 } Scratch;
 
 static int scratch_alloc(const Layer *l, Scratch *s) {
     long m = l->groups * 2 * l->k, gk = l->groups * l->k;
-    long sizes[9] = {l->hidden, m, gk, gk, l->hw, l->hw, l->hw, l->c, l->hw};
+    long sizes[8] = {l->hidden, m, gk, gk, l->hw, l->hw, l->hw, l->c};
     long total = 0;
-    for (int i = 0; i < 9; i++) total += sizes[i];
+    for (int i = 0; i < 8; i++) total += sizes[i];
     REAL *block = malloc(sizeof(REAL) * (size_t)total);
     if (!block) return 0;
-    REAL **slots[9] = {&s->hidden, &s->sig, &s->a, &s->b, &s->logits, &s->pi, &s->grad_pi,
-                       &s->grad_context, &s->winner};
-    for (int i = 0; i < 9; i++) {
+    REAL **slots[8] = {&s->hidden, &s->sig, &s->a, &s->b, &s->logits, &s->pi, &s->grad_pi,
+                       &s->grad_context};
+    for (int i = 0; i < 8; i++) {
         *slots[i] = block;
         block += sizes[i];
     }
@@ -197,61 +197,67 @@ INLINE void forward_row(const long K, const int MODE, Pieces c, const REAL *rest
     }
 }
 
-/* The winning piece per position (as REAL) and, with an attention, the gradient reaching it:
- * grad_pi += grad * (the winning value in mode "coefficient", the winning piece's residual
- * part a x + b in mode "residual"). */
-INLINE void winner_row(const long K, const int MODE, Pieces c, const REAL *restrict row,
-                       const REAL *restrict grow, REAL *restrict winner,
-                       REAL *restrict grad_pi, long hw) {
-    const REAL *a = c.a, *b = c.b, *alpha = c.alpha, *beta = c.beta, *pi = c.pi;
-#pragma omp simd
-    for (long p = 0; p < hw; p++) {
-        REAL pw = MODE == MODE_PLAIN ? 1 : pi[p], v = row[p];
-        REAL best = SLOPE(0) * v + INTERCEPT(0), win = 0, part = a[0] * v + b[0];
+/* At one position: the winning piece (as REAL), the output gradient as the coefficients see
+ * it (times pi in the attention modes: pi scales the output or the pieces), and the gradient
+ * reaching pi (grad times the winning value in mode "coefficient", times the winning piece's
+ * residual part a x + b in mode "residual"). */
+typedef struct {
+    REAL win, grad, grad_pi;
+} Winner;
+
+INLINE Winner winner_at(const long K, const int MODE, Pieces c, REAL v, REAL g, REAL pw) {
+    const REAL *a = c.a, *b = c.b, *alpha = c.alpha, *beta = c.beta;
+    REAL best = SLOPE(0) * v + INTERCEPT(0), win = 0, part = a[0] * v + b[0];
 #pragma GCC unroll 4
-        for (long kk = 1; kk < K; kk++) {
-            REAL piece = SLOPE(kk) * v + INTERCEPT(kk);
-            int wins = piece >= best;
-            win = wins ? (REAL)kk : win;
-            if (MODE == MODE_RESIDUAL) part = wins ? a[kk] * v + b[kk] : part;
-            best = wins ? piece : best;
-        }
-        winner[p] = win;
-        if (MODE == MODE_COEFFICIENT) grad_pi[p] += grow[p] * best;
-        if (MODE == MODE_RESIDUAL) grad_pi[p] += grow[p] * part;
+    for (long kk = 1; kk < K; kk++) {
+        REAL piece = SLOPE(kk) * v + INTERCEPT(kk);
+        int wins = piece >= best;
+        win = wins ? (REAL)kk : win;
+        if (MODE == MODE_RESIDUAL) part = wins ? a[kk] * v + b[kk] : part;
+        best = wins ? piece : best;
     }
+    Winner w = {win, MODE == MODE_PLAIN ? g : g * pw,
+                MODE == MODE_COEFFICIENT ? g * best : MODE == MODE_RESIDUAL ? g * part : 0};
+    return w;
 }
 
-/* The coefficients' gradients from one row: sum_a[kk] += the sum of grad' * x where piece kk
- * wins, sum_b[kk] += that of grad', with grad' = grad * pi in the attention modes (pi scales
- * the output or the pieces). */
-INLINE void coefficient_grad_row(const long K, const int MODE, const REAL *restrict row,
-                                 const REAL *restrict grow, const REAL *restrict winner,
-                                 const REAL *restrict pi, REAL *sum_a, REAL *sum_b, long hw) {
-    for (long kk = 0; kk < K; kk++) {
-        REAL lane_a[LANES] = {0}, lane_b[LANES] = {0}, total_a = 0, total_b = 0;
-        long p = 0;
-        for (; p + LANES <= hw; p += LANES) {
-            for (long i = 0; i < LANES; i++) {
-                REAL gp = MODE == MODE_PLAIN ? grow[p + i] : grow[p + i] * pi[p + i];
-                gp *= (REAL)(winner[p + i] == (REAL)kk); /* a multiply, not a branch */
-                lane_a[i] += gp * row[p + i];
-                lane_b[i] += gp;
+/* Pass 1 over one row, in one loop: sum_a[kk] += the sum of grad' * x where piece kk wins,
+ * sum_b[kk] += that of grad' (grad' as in winner_at), and grad_pi += the attention's
+ * gradient. */
+INLINE void coefficient_grad_row(const long K, const int MODE, Pieces c,
+                                 const REAL *restrict row, const REAL *restrict grow,
+                                 REAL *restrict grad_pi, REAL *sum_a, REAL *sum_b, long hw) {
+    REAL lane_a[K][LANES], lane_b[K][LANES];
+    memset(lane_a, 0, sizeof lane_a);
+    memset(lane_b, 0, sizeof lane_b);
+    long p = 0;
+    for (; p + LANES <= hw; p += LANES)
+        for (long j = 0; j < LANES; j++) {
+            REAL v = row[p + j], pw = MODE == MODE_PLAIN ? 1 : c.pi[p + j];
+            Winner w = winner_at(K, MODE, c, v, grow[p + j], pw);
+            if (MODE != MODE_PLAIN) grad_pi[p + j] += w.grad_pi;
+#pragma GCC unroll 4
+            for (long kk = 0; kk < K; kk++) {
+                REAL masked = w.grad * (REAL)(w.win == (REAL)kk); /* a multiply, not a branch */
+                lane_a[kk][j] += masked * v;
+                lane_b[kk][j] += masked;
             }
         }
-        for (; p < hw; p++) {
-            REAL gp = MODE == MODE_PLAIN ? grow[p] : grow[p] * pi[p];
-            gp *= (REAL)(winner[p] == (REAL)kk);
-            total_a += gp * row[p];
-            total_b += gp;
+    for (; p < hw; p++) {
+        REAL v = row[p], pw = MODE == MODE_PLAIN ? 1 : c.pi[p];
+        Winner w = winner_at(K, MODE, c, v, grow[p], pw);
+        if (MODE != MODE_PLAIN) grad_pi[p] += w.grad_pi;
+        for (long kk = 0; kk < K; kk++) {
+            REAL masked = w.grad * (REAL)(w.win == (REAL)kk);
+            sum_a[kk] += masked * v;
+            sum_b[kk] += masked;
         }
-        for (long i = 0; i < LANES; i++) {
-            total_a += lane_a[i];
-            total_b += lane_b[i];
-        }
-        sum_a[kk] += total_a;
-        sum_b[kk] += total_b;
     }
+    for (long kk = 0; kk < K; kk++)
+        for (long j = 0; j < LANES; j++) {
+            sum_a[kk] += lane_a[kk][j];
+            sum_b[kk] += lane_b[kk][j];
+        }
 }
 
 /* One position's input gradient: grad * d y / d x + pooled + grad_logit * w. */
@@ -379,9 +385,8 @@ void dyrelu_backward(const Layer *l, const REAL *grad, const REAL *x, const REAL
                     long g = l->groups == 1 ? 0 : ch;
                     const REAL *row = xn + ch * hw, *grow = gn + ch * hw;
                     Pieces pieces = {s.a + g * K, s.b + g * K, l->alpha, l->beta, s.pi};
-                    winner_row(K, MODE, pieces, row, grow, s.winner, s.grad_pi, hw);
                     /* theta's layout per group: K slopes, then K intercepts. */
-                    coefficient_grad_row(K, MODE, row, grow, s.winner, s.pi, gf2 + g * 2 * K,
+                    coefficient_grad_row(K, MODE, pieces, row, grow, s.grad_pi, gf2 + g * 2 * K,
                                          gf2 + g * 2 * K + K, hw);
                 }
             });
