@@ -41,19 +41,19 @@ typedef struct {
 
 /* Per-thread work space for one sample. */
 typedef struct {
-    REAL *hidden, *sig, *a, *b, *logits, *pi, *grad_pi, *grad_context;
+    REAL *hidden, *sig, *a, *b, *logits, *pi, *grad_pi, *grad_context, *grad_hidden;
 } Scratch;
 
 static int scratch_alloc(const Layer *l, Scratch *s) {
     long m = l->groups * 2 * l->k, gk = l->groups * l->k;
-    long sizes[8] = {l->hidden, m, gk, gk, l->hw, l->hw, l->hw, l->c};
+    long sizes[9] = {l->hidden, m, gk, gk, l->hw, l->hw, l->hw, l->c, l->hidden};
     long total = 0;
-    for (int i = 0; i < 8; i++) total += sizes[i];
+    for (int i = 0; i < 9; i++) total += sizes[i];
     REAL *block = malloc(sizeof(REAL) * (size_t)total);
     if (!block) return 0;
-    REAL **slots[8] = {&s->hidden, &s->sig, &s->a, &s->b, &s->logits, &s->pi, &s->grad_pi,
-                       &s->grad_context};
-    for (int i = 0; i < 8; i++) {
+    REAL **slots[9] = {&s->hidden, &s->sig, &s->a, &s->b, &s->logits, &s->pi, &s->grad_pi,
+                       &s->grad_context, &s->grad_hidden};
+    for (int i = 0; i < 9; i++) {
         *slots[i] = block;
         block += sizes[i];
     }
@@ -66,6 +66,14 @@ static void scratch_free(Scratch *s) { free(s->hidden); }
  * loops written with "omp simd reduction" scalar, one dependent add per element. */
 enum { LANES = 16 };
 
+/* The sum of LANES partial sums, halving: vector adds, where a running total would be LANES
+ * dependent scalar adds (per row, they cost as much as the row's own loop). */
+static inline REAL lanes_total(REAL *restrict lane) {
+    for (long width = LANES / 2; width >= 1; width /= 2)
+        for (long j = 0; j < width; j++) lane[j] += lane[j + width];
+    return lane[0];
+}
+
 /* sum_i u[i] * v[i], or sum_i u[i] where v is NULL. */
 static inline REAL dot(const REAL *restrict u, const REAL *restrict v, long n) {
     REAL total = 0;
@@ -74,7 +82,7 @@ static inline REAL dot(const REAL *restrict u, const REAL *restrict v, long n) {
         REAL lane[LANES] = {0};
         for (; i + LANES <= n; i += LANES)
             for (long j = 0; j < LANES; j++) lane[j] += v ? u[i + j] * v[i + j] : u[i + j];
-        for (long j = 0; j < LANES; j++) total += lane[j];
+        total += lanes_total(lane);
     }
     for (; i < n; i++) total += v ? u[i] * v[i] : u[i];
     return total;
@@ -94,7 +102,7 @@ static inline REAL sum_and_project(const REAL *restrict row, REAL w, REAL *restr
         total += row[i];
         logits[i] += w * row[i];
     }
-    for (long j = 0; j < LANES; j++) total += lane[j];
+    total += lanes_total(lane);
     return total;
 }
 
@@ -253,11 +261,10 @@ INLINE void coefficient_grad_row(const long K, const int MODE, Pieces c,
             sum_b[kk] += masked;
         }
     }
-    for (long kk = 0; kk < K; kk++)
-        for (long j = 0; j < LANES; j++) {
-            sum_a[kk] += lane_a[kk][j];
-            sum_b[kk] += lane_b[kk][j];
-        }
+    for (long kk = 0; kk < K; kk++) {
+        sum_a[kk] += lanes_total(lane_a[kk]);
+        sum_b[kk] += lanes_total(lane_b[kk]);
+    }
 }
 
 /* One position's input gradient: grad * d y / d x + pooled + grad_logit * w. */
@@ -302,7 +309,7 @@ INLINE REAL input_grad_row(const long K, const int MODE, Pieces c, const REAL *r
         out[p] = input_grad_at(K, MODE, c, v, grow[p], pw, gl, pooled, w);
         if (MODE != MODE_PLAIN) total += gl * v;
     }
-    for (long j = 0; j < LANES; j++) total += lane[j];
+    total += lanes_total(lane);
     return total;
 }
 
@@ -390,19 +397,25 @@ void dyrelu_backward(const Layer *l, const REAL *grad, const REAL *x, const REAL
                                          gf2 + g * 2 * K + K, hw);
                 }
             });
-            /* Through 2 * sigmoid - 1 and the lambdas, then fc2, the ReLU and fc1. */
+            /* Through 2 * sigmoid - 1 and the lambdas (per group, K slopes then K
+             * intercepts), then fc2, the ReLU and fc1. */
+            for (long g = 0; g < l->groups; g++)
+                for (long kk = 0; kk < 2 * K; kk++) {
+                    long i = g * 2 * K + kk;
+                    REAL lambda = kk < K ? (REAL)l->lambda_a : (REAL)l->lambda_b;
+                    gf2[i] *= lambda * 2 * s.sig[i] * (1 - s.sig[i]);
+                }
+            /* fc2's transpose, row by row (its rows are contiguous), into a buffer that
+             * aliases nothing, so the sums stay in registers. */
+            REAL *restrict grad_hidden = s.grad_hidden;
+            memset(grad_hidden, 0, sizeof(REAL) * (size_t)l->hidden);
             for (long i = 0; i < m; i++) {
-                REAL lambda = (i % (2 * K)) < K ? (REAL)l->lambda_a : (REAL)l->lambda_b;
-                gf2[i] *= lambda * 2 * s.sig[i] * (1 - s.sig[i]);
-            }
-            /* fc2's transpose, row by row (its rows are contiguous). */
-            memset(gf1, 0, sizeof(REAL) * (size_t)l->hidden);
-            for (long i = 0; i < m; i++) {
-                const REAL *w = l->fc2_weight + i * l->hidden;
-                for (long j = 0; j < l->hidden; j++) gf1[j] += w[j] * gf2[i];
+                const REAL *restrict w = l->fc2_weight + i * l->hidden;
+                REAL gi = gf2[i];
+                for (long j = 0; j < l->hidden; j++) grad_hidden[j] += w[j] * gi;
             }
             for (long j = 0; j < l->hidden; j++) {
-                gf1[j] = s.hidden[j] > 0 ? gf1[j] : 0;
+                gf1[j] = s.hidden[j] > 0 ? grad_hidden[j] : 0;
                 hidden_out[n * l->hidden + j] = s.hidden[j];
             }
             memset(s.grad_context, 0, sizeof(REAL) * (size_t)C);
