@@ -40,8 +40,8 @@ with a warning.
 On the CPU, float32 and float64 layers in the default memory layout take a native path
 instead (pose/models/dyrelu_native.py, C kernels built on first use): every pass over one
 sample runs while that sample is in the core's cache, so only the first pass over x reads
-memory, and each of forward and backward is one call. It took 0.6-0.8x the compiled path's
-time per layer (README, Performance). CUDA, bfloat16 and channels_last keep the compiled
+memory, and each of forward and backward is one call. A layer took 0.38-0.83x the compiled
+path's time (README, Performance). CUDA, bfloat16 and channels_last keep the compiled
 path.
 """
 from __future__ import annotations

@@ -22,8 +22,8 @@
 #error "compile with -DREAL=float or -DREAL=double"
 #endif
 
-/* exp in REAL's precision: a float promoted to double's exp took several times as long, and
- * a layer computes one per hyper-function output and, for variant C, per position. */
+/* exp in REAL's precision (a float argument would otherwise take double's slower exp): a
+ * layer computes one per hyper-function output and, for variant C, one per position. */
 #define EXP(v) (sizeof(REAL) == sizeof(float) ? (REAL)expf((float)(v)) : (REAL)exp(v))
 
 enum { MODE_PLAIN = 0, MODE_COEFFICIENT = 1, MODE_RESIDUAL = 2 };
