@@ -4,7 +4,8 @@ Convention (written in the README too): MAdds are the multiply-adds of convoluti
 linear layers (torch.utils.flop_counter's FLOPs / 2; this includes DY-ReLU's hyper-function
 FCs), plus K per output element of each DY-ReLU (one multiply-add per linear piece) and, for
 DY-ReLU-C, C per output position for its 1x1 spatial conv (C -> 1), which the fused layer
-computes without calling a convolution operator. BatchNorm, pooling, element-wise
+computes without calling a convolution operator. DY-ReLU layers run as plain operators while
+counting (dyrelu_function.plain_operators), so the count is the same on every path. BatchNorm, pooling, element-wise
 activations, additions and upsampling are not counted, as in the MobileNetV2 and DY-ReLU
 papers.
 """
@@ -15,6 +16,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from pose.models.activations import DyReLU
+from pose.models.dyrelu_function import plain_operators
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -37,7 +39,7 @@ def count_madds(model: nn.Module, input_shape: tuple[int, ...]) -> int:
     model.eval()
     try:
         counter = FlopCounterMode(display=False)
-        with counter:
+        with counter, plain_operators():  # the native kernels' FCs would go uncounted
             model(torch.zeros(input_shape))
     finally:
         model.train(was_training)

@@ -542,9 +542,26 @@ def dyrelu(x: Tensor, fc1: torch.nn.Linear, fc2: torch.nn.Linear, alpha: Tensor,
     return _DyReLULayer.apply(*inputs)
 
 
+_plain_operators = False
+
+
+@contextlib.contextmanager
+def plain_operators():
+    """Run DY-ReLU layers as plain PyTorch operators while inside: what exporters trace, and
+    what operator-counting tools (torch.utils.flop_counter, pose.complexity) must see, since
+    the native kernels' arithmetic is invisible to them."""
+    global _plain_operators
+    previous, _plain_operators = _plain_operators, True
+    try:
+        yield
+    finally:
+        _plain_operators = previous
+
+
 def _exporting() -> bool:
-    """True while an exporter traces the model: it must see plain operators, not ours."""
-    return (torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export()
+    """True while an exporter traces the model, or inside plain_operators(): they must see
+    plain operators, not ours."""
+    return (_plain_operators or torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export()
             or torch.jit.is_tracing())
 
 
