@@ -5,9 +5,9 @@ linear layers (torch.utils.flop_counter's FLOPs / 2; this includes DY-ReLU's hyp
 FCs), plus K per output element of each DY-ReLU (one multiply-add per linear piece) and, for
 DY-ReLU-C, C per output position for its 1x1 spatial conv (C -> 1), which the fused layer
 computes without calling a convolution operator. DY-ReLU layers run as plain operators while
-counting (dyrelu_function.plain_operators), so the count is the same on every path. BatchNorm, pooling, element-wise
-activations, additions and upsampling are not counted, as in the MobileNetV2 and DY-ReLU
-papers.
+counting (dyrelu_function.plain_operators), so the count is the same on every path.
+BatchNorm, pooling, element-wise activations, additions and upsampling are not counted, as in
+the MobileNetV2 and DY-ReLU papers.
 """
 from __future__ import annotations
 

@@ -128,6 +128,21 @@ def test_dyrelu_parameter_and_input_gradients_match_reference(variant, spatial, 
 
 
 @pytest.mark.parametrize("variant,spatial", CASES)
+def test_dyrelu_parameter_gradients_without_an_input_gradient_match_reference(variant, spatial,
+                                                                             layer_path):
+    # An input that needs no gradient: backward skips the input-gradient pass (and, for C,
+    # still forms the 1x1 conv's weight gradient).
+    torch.manual_seed(11)
+    module = randomised(DyReLU(5, variant=variant, reduction=2, spatial=spatial)).double()
+    x = torch.randn(2, 5, 4, 6, dtype=torch.float64)
+    grad = torch.randn_like(x)
+    params = list(module.parameters())
+    expected = torch.autograd.grad(reference_dyrelu(module, x), params, grad)
+    for e, a in zip(expected, torch.autograd.grad(module(x), params, grad)):
+        torch.testing.assert_close(a, e)
+
+
+@pytest.mark.parametrize("variant,spatial", CASES)
 def test_dyrelu_saves_no_k_sized_tensor_for_backward(variant, spatial, layer_path):
     module = DyReLU(16, variant=variant, k=3, reduction=2, spatial=spatial)
     x = torch.randn(4, 16, 16, 12, requires_grad=True)
@@ -306,6 +321,7 @@ def test_native_and_compiled_paths_agree_in_float32(variant, spatial, k, monkeyp
     module = randomised(DyReLU(12, variant=variant, k=k, reduction=3, spatial=spatial))
     x = torch.randn(5, 12, 7, 9)
     grad = torch.randn_like(x)
+    assert dyrelu_native.library(torch.float32) is not None, "native kernels did not build"
     results = {}
     for path in ("1", "0"):
         monkeypatch.setenv("POSE_DYRELU_NATIVE", path)

@@ -313,10 +313,11 @@ INLINE REAL input_grad_row(const long K, const int MODE, Pieces c, const REAL *r
     return total;
 }
 
-void dyrelu_forward(const Layer *l, const REAL *x, REAL *y, REAL *context, REAL *softmax,
-                    int *failed) {
-    long C = l->c, hw = l->hw;
-    int spatial = l->spatial_weight != NULL;
+/* Runs body for every sample: each thread takes whole samples (all of one sample's passes
+ * run on one core, while the sample is in its cache) with its own work space. */
+typedef void (*SampleFn)(const Layer *l, Scratch *s, long n, const void *args);
+
+static void for_each_sample(const Layer *l, SampleFn body, const void *args, int *failed) {
 #pragma omp parallel num_threads(l->threads)
     {
         Scratch s;
@@ -326,28 +327,146 @@ void dyrelu_forward(const Layer *l, const REAL *x, REAL *y, REAL *context, REAL 
             *failed = 1;
         }
 #pragma omp for schedule(static)
-        for (long n = 0; n < l->n; n++) {
-            if (!ok) continue;
-            const REAL *xn = x + n * C * hw;
-            REAL *ctx = context + n * C;
-            if (spatial) memset(s.logits, 0, sizeof(REAL) * (size_t)hw);
-            for (long ch = 0; ch < C; ch++) {
-                const REAL *row = xn + ch * hw;
-                REAL total = spatial ? sum_and_project(row, l->spatial_weight[ch], s.logits, hw)
-                                     : dot(row, NULL, hw);
-                ctx[ch] = total / (REAL)hw;
-            }
-            hyper_forward(l, ctx, &s);
-            if (spatial) attention_forward(l, s.logits, softmax + n * hw, s.pi);
-            WITH_CONSTANTS(l->k, l->mode, {
-                for (long ch = 0; ch < C; ch++) {
-                    long g = l->groups == 1 ? 0 : ch;
-                    Pieces pieces = {s.a + g * K, s.b + g * K, l->alpha, l->beta, s.pi};
-                    forward_row(K, MODE, pieces, xn + ch * hw, y + (n * C + ch) * hw, hw);
-                }
-            });
-        }
+        for (long n = 0; n < l->n; n++)
+            if (ok) body(l, &s, n, args);
         if (ok) scratch_free(&s);
+    }
+}
+
+typedef struct {
+    const REAL *x;
+    REAL *y, *context, *softmax;
+} ForwardArgs;
+
+static void forward_sample(const Layer *l, Scratch *sp, long n, const void *args) {
+    const ForwardArgs *f = args;
+    Scratch s = *sp;
+    long C = l->c, hw = l->hw;
+    int spatial = l->spatial_weight != NULL;
+    const REAL *xn = f->x + n * C * hw;
+    REAL *ctx = f->context + n * C;
+    if (spatial) memset(s.logits, 0, sizeof(REAL) * (size_t)hw);
+    for (long ch = 0; ch < C; ch++) {
+        const REAL *row = xn + ch * hw;
+        REAL total = spatial ? sum_and_project(row, l->spatial_weight[ch], s.logits, hw)
+                             : dot(row, NULL, hw);
+        ctx[ch] = total / (REAL)hw;
+    }
+    hyper_forward(l, ctx, &s);
+    if (spatial) attention_forward(l, s.logits, f->softmax + n * hw, s.pi);
+    WITH_CONSTANTS(l->k, l->mode, {
+        for (long ch = 0; ch < C; ch++) {
+            long g = l->groups == 1 ? 0 : ch;
+            Pieces pieces = {s.a + g * K, s.b + g * K, l->alpha, l->beta, s.pi};
+            forward_row(K, MODE, pieces, xn + ch * hw, f->y + (n * C + ch) * hw, hw);
+        }
+    });
+}
+
+/* Forward: y, and per sample the pooled context (C) and, for variant C, the softmax
+ * (H*W) that backward needs. */
+void dyrelu_forward(const Layer *l, const REAL *x, REAL *y, REAL *context, REAL *softmax,
+                    int *failed) {
+    ForwardArgs args = {x, y, context, softmax};
+    for_each_sample(l, forward_sample, &args, failed);
+}
+
+typedef struct {
+    const REAL *grad, *x, *context, *softmax;
+    REAL *grad_x, *grad_fc2_out, *grad_fc1_out, *hidden_out, *grad_logits, *grad_spatial;
+} BackwardArgs;
+
+static void backward_sample(const Layer *l, Scratch *sp, long n, const void *args) {
+    const BackwardArgs *b = args;
+    Scratch s = *sp;
+    long C = l->c, hw = l->hw, K = l->k, m = l->groups * 2 * K;
+    int spatial = l->spatial_weight != NULL;
+    REAL scale = (REAL)(l->gamma * (double)hw);
+    const REAL *grad = b->grad, *x = b->x, *context = b->context, *softmax = b->softmax;
+    REAL *grad_x = b->grad_x, *grad_fc2_out = b->grad_fc2_out, *grad_fc1_out = b->grad_fc1_out,
+         *hidden_out = b->hidden_out, *grad_logits = b->grad_logits,
+         *grad_spatial = b->grad_spatial;
+    const REAL *xn = x + n * C * hw, *gn = grad + n * C * hw, *ctx = context + n * C;
+    const REAL *sm = spatial ? softmax + n * hw : NULL;
+    REAL *gf2 = grad_fc2_out + n * m, *gf1 = grad_fc1_out + n * l->hidden;
+    hyper_forward(l, ctx, &s);
+    if (spatial) {
+        for (long p = 0; p < hw; p++) {
+            REAL v = sm[p] * scale;
+            s.pi[p] = v < 1 ? v : 1;
+        }
+        memset(s.grad_pi, 0, sizeof(REAL) * (size_t)hw);
+    }
+    /* Pass 1: the coefficients' gradients (sums over positions, and channels when
+     * they are shared) and the attention's (sums over channels). */
+    memset(gf2, 0, sizeof(REAL) * (size_t)m);
+    WITH_CONSTANTS(l->k, l->mode, {
+        for (long ch = 0; ch < C; ch++) {
+            long g = l->groups == 1 ? 0 : ch;
+            const REAL *row = xn + ch * hw, *grow = gn + ch * hw;
+            Pieces pieces = {s.a + g * K, s.b + g * K, l->alpha, l->beta, s.pi};
+            /* theta's layout per group: K slopes, then K intercepts. */
+            coefficient_grad_row(K, MODE, pieces, row, grow, s.grad_pi, gf2 + g * 2 * K,
+                                 gf2 + g * 2 * K + K, hw);
+        }
+    });
+    /* Through 2 * sigmoid - 1 and the lambdas (per group, K slopes then K
+     * intercepts), then fc2, the ReLU and fc1. */
+    for (long g = 0; g < l->groups; g++)
+        for (long kk = 0; kk < 2 * K; kk++) {
+            long i = g * 2 * K + kk;
+            REAL lambda = kk < K ? (REAL)l->lambda_a : (REAL)l->lambda_b;
+            gf2[i] *= lambda * 2 * s.sig[i] * (1 - s.sig[i]);
+        }
+    /* fc2's transpose, row by row (its rows are contiguous), into a buffer that
+     * aliases nothing, so the sums stay in registers. */
+    REAL *restrict grad_hidden = s.grad_hidden;
+    memset(grad_hidden, 0, sizeof(REAL) * (size_t)l->hidden);
+    for (long i = 0; i < m; i++) {
+        const REAL *restrict w = l->fc2_weight + i * l->hidden;
+        REAL gi = gf2[i];
+        for (long j = 0; j < l->hidden; j++) grad_hidden[j] += w[j] * gi;
+    }
+    for (long j = 0; j < l->hidden; j++) {
+        gf1[j] = s.hidden[j] > 0 ? grad_hidden[j] : 0;
+        hidden_out[n * l->hidden + j] = s.hidden[j];
+    }
+    memset(s.grad_context, 0, sizeof(REAL) * (size_t)C);
+    for (long j = 0; j < l->hidden; j++) {
+        const REAL *w = l->fc1_weight + j * C;
+        REAL gj = gf1[j];
+#pragma omp simd
+        for (long i = 0; i < C; i++) s.grad_context[i] += w[i] * gj;
+    }
+    REAL *glog = spatial ? grad_logits + n * hw : NULL;
+    if (spatial) {
+        /* Through clamp(max=1) (gradient where its input is at most 1), the scale,
+         * the softmax and 1 / tau. */
+        REAL mean = 0; /* of the softmax's output gradient, under the softmax */
+        for (long p = 0; p < hw; p++) {
+            REAL gs = sm[p] * scale <= 1 ? s.grad_pi[p] * scale : 0;
+            s.grad_pi[p] = gs;
+            mean += gs * sm[p];
+        }
+        REAL inv_tau = (REAL)(1.0 / l->tau);
+        for (long p = 0; p < hw; p++) glog[p] = sm[p] * (s.grad_pi[p] - mean) * inv_tau;
+    }
+    /* Pass 2: the input gradient, with what reaches x through the pooling and the
+     * 1x1 conv; and that conv's weight gradient. */
+    for (long ch = 0; ch < C; ch++) {
+        long g = l->groups == 1 ? 0 : ch;
+        const REAL *row = xn + ch * hw, *grow = gn + ch * hw;
+        if (!grad_x) { /* the conv's weight gradient alone */
+            if (spatial) grad_spatial[n * C + ch] = dot(glog, row, hw);
+            continue;
+        }
+        WITH_CONSTANTS(l->k, l->mode, {
+            Pieces pieces = {s.a + g * K, s.b + g * K, l->alpha, l->beta, s.pi};
+            REAL projected = input_grad_row(
+                K, MODE, pieces, row, grow, glog, s.grad_context[ch] / (REAL)hw,
+                spatial ? l->spatial_weight[ch] : 0, grad_x + (n * C + ch) * hw, hw);
+            if (spatial) grad_spatial[n * C + ch] = projected;
+        });
     }
 }
 
@@ -359,103 +478,7 @@ void dyrelu_forward(const Layer *l, const REAL *x, REAL *y, REAL *context, REAL 
 void dyrelu_backward(const Layer *l, const REAL *grad, const REAL *x, const REAL *context,
                      const REAL *softmax, REAL *grad_x, REAL *grad_fc2_out, REAL *grad_fc1_out,
                      REAL *hidden_out, REAL *grad_logits, REAL *grad_spatial, int *failed) {
-    long C = l->c, hw = l->hw, K = l->k, m = l->groups * 2 * K;
-    int spatial = l->spatial_weight != NULL;
-    REAL scale = (REAL)(l->gamma * (double)hw);
-#pragma omp parallel num_threads(l->threads)
-    {
-        Scratch s;
-        int ok = scratch_alloc(l, &s);
-        if (!ok) {
-#pragma omp atomic write
-            *failed = 1;
-        }
-#pragma omp for schedule(static)
-        for (long n = 0; n < l->n; n++) {
-            if (!ok) continue;
-            const REAL *xn = x + n * C * hw, *gn = grad + n * C * hw, *ctx = context + n * C;
-            const REAL *sm = spatial ? softmax + n * hw : NULL;
-            REAL *gf2 = grad_fc2_out + n * m, *gf1 = grad_fc1_out + n * l->hidden;
-            hyper_forward(l, ctx, &s);
-            if (spatial) {
-                for (long p = 0; p < hw; p++) {
-                    REAL v = sm[p] * scale;
-                    s.pi[p] = v < 1 ? v : 1;
-                }
-                memset(s.grad_pi, 0, sizeof(REAL) * (size_t)hw);
-            }
-            /* Pass 1: the coefficients' gradients (sums over positions, and channels when
-             * they are shared) and the attention's (sums over channels). */
-            memset(gf2, 0, sizeof(REAL) * (size_t)m);
-            WITH_CONSTANTS(l->k, l->mode, {
-                for (long ch = 0; ch < C; ch++) {
-                    long g = l->groups == 1 ? 0 : ch;
-                    const REAL *row = xn + ch * hw, *grow = gn + ch * hw;
-                    Pieces pieces = {s.a + g * K, s.b + g * K, l->alpha, l->beta, s.pi};
-                    /* theta's layout per group: K slopes, then K intercepts. */
-                    coefficient_grad_row(K, MODE, pieces, row, grow, s.grad_pi, gf2 + g * 2 * K,
-                                         gf2 + g * 2 * K + K, hw);
-                }
-            });
-            /* Through 2 * sigmoid - 1 and the lambdas (per group, K slopes then K
-             * intercepts), then fc2, the ReLU and fc1. */
-            for (long g = 0; g < l->groups; g++)
-                for (long kk = 0; kk < 2 * K; kk++) {
-                    long i = g * 2 * K + kk;
-                    REAL lambda = kk < K ? (REAL)l->lambda_a : (REAL)l->lambda_b;
-                    gf2[i] *= lambda * 2 * s.sig[i] * (1 - s.sig[i]);
-                }
-            /* fc2's transpose, row by row (its rows are contiguous), into a buffer that
-             * aliases nothing, so the sums stay in registers. */
-            REAL *restrict grad_hidden = s.grad_hidden;
-            memset(grad_hidden, 0, sizeof(REAL) * (size_t)l->hidden);
-            for (long i = 0; i < m; i++) {
-                const REAL *restrict w = l->fc2_weight + i * l->hidden;
-                REAL gi = gf2[i];
-                for (long j = 0; j < l->hidden; j++) grad_hidden[j] += w[j] * gi;
-            }
-            for (long j = 0; j < l->hidden; j++) {
-                gf1[j] = s.hidden[j] > 0 ? grad_hidden[j] : 0;
-                hidden_out[n * l->hidden + j] = s.hidden[j];
-            }
-            memset(s.grad_context, 0, sizeof(REAL) * (size_t)C);
-            for (long j = 0; j < l->hidden; j++) {
-                const REAL *w = l->fc1_weight + j * C;
-                REAL gj = gf1[j];
-#pragma omp simd
-                for (long i = 0; i < C; i++) s.grad_context[i] += w[i] * gj;
-            }
-            REAL *glog = spatial ? grad_logits + n * hw : NULL;
-            if (spatial) {
-                /* Through clamp(max=1) (gradient where its input is at most 1), the scale,
-                 * the softmax and 1 / tau. */
-                REAL mean = 0; /* of the softmax's output gradient, under the softmax */
-                for (long p = 0; p < hw; p++) {
-                    REAL gs = sm[p] * scale <= 1 ? s.grad_pi[p] * scale : 0;
-                    s.grad_pi[p] = gs;
-                    mean += gs * sm[p];
-                }
-                REAL inv_tau = (REAL)(1.0 / l->tau);
-                for (long p = 0; p < hw; p++) glog[p] = sm[p] * (s.grad_pi[p] - mean) * inv_tau;
-            }
-            /* Pass 2: the input gradient, with what reaches x through the pooling and the
-             * 1x1 conv; and that conv's weight gradient. */
-            for (long ch = 0; ch < C; ch++) {
-                long g = l->groups == 1 ? 0 : ch;
-                const REAL *row = xn + ch * hw, *grow = gn + ch * hw;
-                if (!grad_x) { /* the conv's weight gradient alone */
-                    if (spatial) grad_spatial[n * C + ch] = dot(glog, row, hw);
-                    continue;
-                }
-                WITH_CONSTANTS(l->k, l->mode, {
-                    Pieces pieces = {s.a + g * K, s.b + g * K, l->alpha, l->beta, s.pi};
-                    REAL projected = input_grad_row(
-                        K, MODE, pieces, row, grow, glog, s.grad_context[ch] / (REAL)hw,
-                        spatial ? l->spatial_weight[ch] : 0, grad_x + (n * C + ch) * hw, hw);
-                    if (spatial) grad_spatial[n * C + ch] = projected;
-                });
-            }
-        }
-        if (ok) scratch_free(&s);
-    }
+    BackwardArgs args = {grad, x, context, softmax, grad_x, grad_fc2_out, grad_fc1_out,
+                         hidden_out, grad_logits, grad_spatial};
+    for_each_sample(l, backward_sample, &args, failed);
 }
