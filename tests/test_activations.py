@@ -364,3 +364,18 @@ def test_native_kernels_build_once_into_the_cache(monkeypatch, tmp_path):
         assert (tmp_path / built[0]).stat().st_mtime_ns == stamp
     finally:
         dyrelu_native.library.cache_clear()
+
+
+def test_native_kernels_build_without_the_vector_math_library(monkeypatch, tmp_path):
+    # Where glibc's libmvec does not link, the kernels are built with scalar exp instead.
+    monkeypatch.setenv("POSE_NATIVE_CACHE", str(tmp_path))
+    monkeypatch.setattr(dyrelu_native, "VECTOR_MATH", ("-DPOSE_VECTOR_MATH", "-lno-such-lib"))
+    dyrelu_native.library.cache_clear()
+    try:
+        assert dyrelu_native.library(torch.float64) is not None
+        torch.manual_seed(12)
+        module = randomised(DyReLU(6, variant="c", reduction=2)).double()
+        x = torch.randn(2, 6, 4, 3, dtype=torch.float64)
+        torch.testing.assert_close(module(x), reference_dyrelu(module, x))
+    finally:
+        dyrelu_native.library.cache_clear()

@@ -34,6 +34,7 @@ import torch
 Tensor = torch.Tensor
 SOURCE = Path(__file__).with_name("dyrelu_kernels.c")
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c99")
+VECTOR_MATH = ("-DPOSE_VECTOR_MATH", "-lmvec")
 _C_TYPES = {torch.float32: "float", torch.float64: "double"}
 _MODES = {"plain": 0, "coefficient": 1, "residual": 2}
 
@@ -77,7 +78,8 @@ def _build(c_type: str) -> Path:
         raise RuntimeError("no C compiler found (set CC)")
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
     key = hashlib.sha256("\0".join(
-        [SOURCE.read_text(), compiler, version, " ".join(FLAGS), c_type, _cpu_signature()]
+        [SOURCE.read_text(), compiler, version, " ".join(FLAGS + VECTOR_MATH), c_type,
+         _cpu_signature()]
     ).encode()).hexdigest()[:16]
     target = _cache_dir() / f"dyrelu_kernels_{c_type}_{key}.so"
     if target.exists():
@@ -88,9 +90,13 @@ def _build(c_type: str) -> Path:
     fd, partial = tempfile.mkstemp(suffix=".so", dir=target.parent)
     os.close(fd)
     try:
-        result = subprocess.run([compiler, *FLAGS, f"-DREAL={c_type}", str(SOURCE), "-o", partial,
-                                 "-lm"], capture_output=True, text=True)
-        if result.returncode != 0:
+        # With glibc's vector math library where it links (dyrelu_kernels.c, EXP), else without.
+        for extra in (VECTOR_MATH, ()):
+            result = subprocess.run([compiler, *FLAGS, f"-DREAL={c_type}", str(SOURCE), "-o",
+                                     partial, "-lm", *extra], capture_output=True, text=True)
+            if result.returncode == 0:
+                break
+        else:
             raise RuntimeError(f"{compiler} failed on {SOURCE}:\n{result.stderr[-2000:]}")
         os.replace(partial, target)
     finally:
