@@ -274,8 +274,13 @@ def _coefficients_backward(grad_da: Tensor, grad_db: Tensor, context: Tensor, hi
     grad_theta = torch.stack((grad_da * lambda_a, grad_db * lambda_b), dim=2).view(n, -1)
     grad_fc2 = grad_theta * (2.0 * sig * (1.0 - sig))  # through 2 * sigmoid - 1
     grad_fc1 = (grad_fc2 @ fc2_weight) * (hidden > 0)  # ReLU: no gradient at 0, as autograd
-    return (grad_fc1 @ fc1_weight, grad_fc1.T @ context, grad_fc1.sum(0),
-            grad_fc2.T @ hidden, grad_fc2.sum(0))
+    return grad_fc1 @ fc1_weight, *_linear_grads(grad_fc1, grad_fc2, context, hidden)
+
+
+def _linear_grads(grad_fc1: Tensor, grad_fc2: Tensor, context: Tensor, hidden: Tensor):
+    """fc1's and fc2's (weight, bias) gradients from the gradients at their outputs; their
+    inputs are the pooled context and the hidden activations, all (N, ...)."""
+    return grad_fc1.T @ context, grad_fc1.sum(0), grad_fc2.T @ hidden, grad_fc2.sum(0)
 
 
 def _attention_backward(grad_pi: Tensor, softmax: Tensor, tau: float, gamma: float):
@@ -414,8 +419,13 @@ def _layer_backward(grad: Tensor, x: Tensor, fc1_weight: Tensor, fc1_bias: Tenso
     options = (groups, lambda_a, lambda_b, tau, gamma, mode, input_grad)
     if grad.dtype == x.dtype and dyrelu_native.supports(x, *weights, alpha, beta, context_x,
                                                          softmax):
-        grads = dyrelu_native.backward(grad, x, *weights, alpha, beta, context_x, softmax,
-                                       *options)
+        grad_x, grad_fc1, grad_fc2, hidden, grad_logits, grad_spatial = dyrelu_native.backward(
+            grad, x, *weights, alpha, beta, context_x, softmax, *options)
+        grad_weight = grad_bias = None
+        if spatial_weight is not None:  # the sums over samples that _attention_backward takes
+            grad_weight, grad_bias = grad_spatial.sum(0), grad_logits.sum().view(1)
+        grads = (grad_x, *_linear_grads(grad_fc1, grad_fc2, context_x, hidden), grad_weight,
+                 grad_bias)
     else:
         with _below_autograd(), torch.autocast(x.device.type, enabled=False):
             inputs = (*_detached(grad, x, *weights), alpha, beta, context_x, softmax, *options)

@@ -173,8 +173,11 @@ def backward(grad: Tensor, x: Tensor, fc1_weight: Tensor, fc1_bias: Tensor, fc2_
              fc2_bias: Tensor, spatial_weight: Optional[Tensor], alpha: Tensor, beta: Tensor,
              context: Tensor, softmax: Tensor, groups: int, lambda_a: float, lambda_b: float,
              tau: float, gamma: float, mode: str, input_grad: bool):
-    """As dyrelu_function._backward_pass: gradients of x (None unless ``input_grad``), fc1
-    and fc2 (weight, bias), and the spatial conv's weight and bias (None without one)."""
+    """What dyrelu_function._backward_pass needs to form the gradients: the gradient of x
+    (None unless ``input_grad``), the per-sample gradients at fc1's and fc2's outputs and
+    fc1's activations (N, ...), and for variant C the gradient of the bias-free 1x1 conv's
+    output (N, H*W) and each sample's part of that conv's weight gradient (N, C); None
+    without one."""
     n, c, h, w = x.shape
     spatial = spatial_weight is not None
     # The conv's bias only enters the softmax, whose saved output backward uses instead.
@@ -193,8 +196,4 @@ def backward(grad: Tensor, x: Tensor, fc1_weight: Tensor, fc1_bias: Tensor, fc2_
         grad_fc1.data_ptr(), hidden.data_ptr(), _pointer(grad_logits), _pointer(grad_spatial),
         ctypes.byref(failed))
     _check(failed)
-    grads_fc = (grad_fc1.T @ context, grad_fc1.sum(0), grad_fc2.T @ hidden, grad_fc2.sum(0))
-    grad_weight = grad_bias = None
-    if spatial:
-        grad_weight, grad_bias = grad_spatial.sum(0), grad_logits.sum().view(1)
-    return grad_x, *grads_fc, grad_weight, grad_bias
+    return grad_x, grad_fc1, grad_fc2, hidden, grad_logits, grad_spatial
