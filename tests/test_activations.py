@@ -316,10 +316,12 @@ def test_dyrelu_kernels_share_graphs_across_training_inference_eager_and_compile
 @pytest.mark.parametrize("variant,spatial", CASES)
 @pytest.mark.parametrize("k", [2, 4])  # K = 2 runs the loops specialised for it; 4 the general
 def test_native_and_compiled_paths_agree_in_float32(variant, spatial, k, monkeypatch):
-    # H*W = 63: the kernels' 16-wide partial sums and their scalar tails both run.
+    # H*W = 63: the kernels' 16-wide partial sums and their scalar tails both run. The sizes
+    # are above those at which the kernels share a layer's samples, and (for B and C) the
+    # parameter gradients' rows, between threads.
     torch.manual_seed(9)
-    module = randomised(DyReLU(12, variant=variant, k=k, reduction=3, spatial=spatial))
-    x = torch.randn(5, 12, 7, 9)
+    module = randomised(DyReLU(24, variant=variant, k=k, reduction=1.5, spatial=spatial))
+    x = torch.randn(24, 24, 7, 9)
     grad = torch.randn_like(x)
     assert dyrelu_native.library(torch.float32) is not None, "native kernels did not build"
     results = {}

@@ -274,13 +274,8 @@ def _coefficients_backward(grad_da: Tensor, grad_db: Tensor, context: Tensor, hi
     grad_theta = torch.stack((grad_da * lambda_a, grad_db * lambda_b), dim=2).view(n, -1)
     grad_fc2 = grad_theta * (2.0 * sig * (1.0 - sig))  # through 2 * sigmoid - 1
     grad_fc1 = (grad_fc2 @ fc2_weight) * (hidden > 0)  # ReLU: no gradient at 0, as autograd
-    return grad_fc1 @ fc1_weight, *_linear_grads(grad_fc1, grad_fc2, context, hidden)
-
-
-def _linear_grads(grad_fc1: Tensor, grad_fc2: Tensor, context: Tensor, hidden: Tensor):
-    """fc1's and fc2's (weight, bias) gradients from the gradients at their outputs; their
-    inputs are the pooled context and the hidden activations, all (N, ...)."""
-    return grad_fc1.T @ context, grad_fc1.sum(0), grad_fc2.T @ hidden, grad_fc2.sum(0)
+    return (grad_fc1 @ fc1_weight, grad_fc1.T @ context, grad_fc1.sum(0), grad_fc2.T @ hidden,
+            grad_fc2.sum(0))
 
 
 def _attention_backward(grad_pi: Tensor, softmax: Tensor, tau: float, gamma: float):
@@ -419,13 +414,8 @@ def _layer_backward(grad: Tensor, x: Tensor, fc1_weight: Tensor, fc1_bias: Tenso
     options = (groups, lambda_a, lambda_b, tau, gamma, mode, input_grad)
     if grad.dtype == x.dtype and dyrelu_native.supports(x, *weights, alpha, beta, context_x,
                                                          softmax):
-        grad_x, grad_fc1, grad_fc2, hidden, grad_logits, grad_spatial = dyrelu_native.backward(
-            grad, x, *weights, alpha, beta, context_x, softmax, *options)
-        grad_weight = grad_bias = None
-        if spatial_weight is not None:  # the sums over samples that _attention_backward takes
-            grad_weight, grad_bias = grad_spatial.sum(0), grad_logits.sum().view(1)
-        grads = (grad_x, *_linear_grads(grad_fc1, grad_fc2, context_x, hidden), grad_weight,
-                 grad_bias)
+        grads = dyrelu_native.backward(grad, x, *weights, alpha, beta, context_x, softmax,
+                                       *options)
     else:
         with _below_autograd(), torch.autocast(x.device.type, enabled=False):
             inputs = (*_detached(grad, x, *weights), alpha, beta, context_x, softmax, *options)
@@ -445,8 +435,8 @@ def _layer_backward(grad: Tensor, x: Tensor, fc1_weight: Tensor, fc1_bias: Tenso
 # and backward run inside), so a compiled model pays what an eager layer costs: traced as
 # plain operators, inductor's fused DY-ReLU loops ran 2-3x slower than ours on the CPU
 # (README, Performance). Eager mode calls the same two functions from an autograd.Function
-# (_DyReLULayer): through the operators' dispatch and autograd wrapper a layer took about
-# 0.1 ms more. Inductor's on-disk cache knows the operators by name: a change to their
+# (_DyReLULayer; _NativeDyReLULayer where the native kernels take the layer): through the
+# operators' dispatch and autograd wrapper a layer took about 0.1 ms more. Inductor's on-disk cache knows the operators by name: a change to their
 # signature needs a new name, or compiled models may run code cached for the old one.
 _dyrelu_op = torch.library.custom_op("pose::dyrelu", _layer_forward, mutates_args=())
 _dyrelu_backward_op = torch.library.custom_op("pose::dyrelu_backward", _layer_backward,
@@ -516,6 +506,34 @@ class _DyReLULayer(torch.autograd.Function):
         return _backward(ctx, grad_y, layer_backward=_layer_backward)
 
 
+class _NativeDyReLULayer(torch.autograd.Function):
+    """The eager path where the native kernels take the layer: _DyReLULayer less the work of
+    choosing a path per call (decided once, in dyrelu, for forward and backward) and of the
+    operators' argument lists. A layer's fixed cost is paid where the big layers around it
+    have just flushed the caches, which made that Python work about three times as slow as
+    alone: 0.3 ms per layer, a third of DY-ReLU-B's time at 32x24x64x48 (README,
+    Performance)."""
+
+    @staticmethod
+    def forward(ctx, x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, spatial_weight,
+                spatial_bias, alpha, beta, options):
+        y, context_x, softmax = dyrelu_native.forward(
+            x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, spatial_weight, spatial_bias, alpha,
+            beta, *options)
+        ctx.save_for_backward(x, context_x, softmax)  # as _save: x plus 1/C of it
+        ctx.weights = (fc1_weight, fc1_bias, fc2_weight, fc2_bias, spatial_weight, alpha, beta)
+        ctx.options = options
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_y):
+        x, context_x, softmax = ctx.saved_tensors
+        grads = dyrelu_native.backward(grad_y, x, *ctx.weights, context_x, softmax, *ctx.options,
+                                       ctx.needs_input_grad[0])
+        return (*grads, None, None, None)
+
+
 def dyrelu(x: Tensor, fc1: torch.nn.Linear, fc2: torch.nn.Linear, alpha: Tensor, beta: Tensor,
            groups: int, lambda_a: float, lambda_b: float, mode: str = "plain",
            spatial_conv: Optional[torch.nn.Conv2d] = None, tau: float = 10.0,
@@ -539,14 +557,23 @@ def dyrelu(x: Tensor, fc1: torch.nn.Linear, fc2: torch.nn.Linear, alpha: Tensor,
                          f"spatial_conv")
     spatial_weight = spatial_bias = None
     if spatial_conv is not None:
+        spatial_weight, spatial_bias = spatial_conv.weight, spatial_conv.bias
+    hyper = (fc1.weight, fc1.bias, fc2.weight, fc2.bias)
+    options = (groups, lambda_a, lambda_b, tau, gamma, mode)
+    exporting = _exporting()
+    if (not exporting and not torch.compiler.is_compiling()
+            and dyrelu_native.supports(x, *hyper, spatial_weight, spatial_bias, alpha, beta)):
+        # The conv's (1, C, 1, 1) weight is C contiguous values to the kernels, unviewed.
+        return _NativeDyReLULayer.apply(x, *hyper, spatial_weight, spatial_bias, alpha, beta,
+                                        options)
+    if spatial_weight is not None:
         # A plain view: torch.compile treats an nn.Parameter's shape as static and would
         # recompile the kernels for every channel count.
-        spatial_weight, spatial_bias = spatial_conv.weight.view(-1), spatial_conv.bias
-    if _exporting():
+        spatial_weight = spatial_weight.view(-1)
+    if exporting:
         return _plain_dyrelu(x, fc1, fc2, alpha, beta, groups, lambda_a, lambda_b, mode,
                              spatial_weight, spatial_bias, tau, gamma)
-    inputs = (x, fc1.weight, fc1.bias, fc2.weight, fc2.bias, spatial_weight, spatial_bias,
-              alpha, beta, groups, lambda_a, lambda_b, tau, gamma, mode)
+    inputs = (x, *hyper, spatial_weight, spatial_bias, alpha, beta, *options)
     if torch.compiler.is_compiling():
         return _dyrelu_op(*inputs)[0]
     return _DyReLULayer.apply(*inputs)

@@ -89,8 +89,13 @@ static inline REAL dot(const REAL *restrict u, const REAL *restrict v, long n) {
     long i = 0;
     if (n >= LANES) { /* short vectors (a hidden width of 7) skip the partial sums */
         REAL lane[LANES] = {0};
-        for (; i + LANES <= n; i += LANES)
-            for (long j = 0; j < LANES; j++) lane[j] += v ? u[i + j] * v[i + j] : u[i + j];
+        /* Two loops: with the test for v inside, gcc left the loop scalar. */
+        if (v)
+            for (; i + LANES <= n; i += LANES)
+                for (long j = 0; j < LANES; j++) lane[j] += u[i + j] * v[i + j];
+        else
+            for (; i + LANES <= n; i += LANES)
+                for (long j = 0; j < LANES; j++) lane[j] += u[i + j];
         total += lanes_total(lane);
     }
     for (; i < n; i++) total += v ? u[i] * v[i] : u[i];
@@ -321,12 +326,19 @@ INLINE REAL input_grad_row(const long K, const int MODE, Pieces c, const REAL *r
     return total;
 }
 
+/* The threads for a loop over `work` values: one below the size at which torch's own
+ * element-wise loops start to share their work (waking a thread costs more than it saves),
+ * never more than the layer's thread count. */
+static int threads_for(const Layer *l, long work) {
+    return work < 32768 ? 1 : l->threads;
+}
+
 /* Runs body for every sample: each thread takes whole samples (all of one sample's passes
  * run on one core, while the sample is in its cache) with its own work space. */
 typedef void (*SampleFn)(const Layer *l, Scratch *s, long n, const void *args);
 
 static void for_each_sample(const Layer *l, SampleFn body, const void *args, int *failed) {
-#pragma omp parallel num_threads(l->threads)
+#pragma omp parallel num_threads(threads_for(l, l->n * l->c * l->hw))
     {
         Scratch s;
         int ok = scratch_alloc(l, &s);
@@ -379,9 +391,17 @@ void dyrelu_forward(const Layer *l, const REAL *x, REAL *y, REAL *context, REAL 
     for_each_sample(l, forward_sample, &args, failed);
 }
 
+/* What backward keeps per sample, for the sums over the batch: the gradients at the two FCs'
+ * outputs (pre-activation), the first FC's activations, and for variant C the gradient of
+ * the bias-free 1x1 conv's output and that sample's part of the conv's weight gradient. */
+typedef struct {
+    REAL *grad_fc2_out, *grad_fc1_out, *hidden, *grad_logits, *grad_spatial;
+} PerSample;
+
 typedef struct {
     const REAL *grad, *x, *context, *softmax;
-    REAL *grad_x, *grad_fc2_out, *grad_fc1_out, *hidden_out, *grad_logits, *grad_spatial;
+    REAL *grad_x;
+    PerSample keep;
 } BackwardArgs;
 
 static void backward_sample(const Layer *l, Scratch *sp, long n, const void *args) {
@@ -390,13 +410,9 @@ static void backward_sample(const Layer *l, Scratch *sp, long n, const void *arg
     long C = l->c, hw = l->hw, K = l->k, m = l->groups * 2 * K;
     int spatial = l->spatial_weight != NULL;
     REAL scale = (REAL)(l->gamma * (double)hw);
-    const REAL *grad = b->grad, *x = b->x, *context = b->context, *softmax = b->softmax;
-    REAL *grad_x = b->grad_x, *grad_fc2_out = b->grad_fc2_out, *grad_fc1_out = b->grad_fc1_out,
-         *hidden_out = b->hidden_out, *grad_logits = b->grad_logits,
-         *grad_spatial = b->grad_spatial;
-    const REAL *xn = x + n * C * hw, *gn = grad + n * C * hw, *ctx = context + n * C;
-    const REAL *sm = spatial ? softmax + n * hw : NULL;
-    REAL *gf2 = grad_fc2_out + n * m, *gf1 = grad_fc1_out + n * l->hidden;
+    const REAL *xn = b->x + n * C * hw, *gn = b->grad + n * C * hw, *ctx = b->context + n * C;
+    const REAL *sm = spatial ? b->softmax + n * hw : NULL;
+    REAL *gf2 = b->keep.grad_fc2_out + n * m, *gf1 = b->keep.grad_fc1_out + n * l->hidden;
     hyper_forward(l, ctx, &s);
     if (spatial) {
         for (long p = 0; p < hw; p++) {
@@ -433,11 +449,12 @@ static void backward_sample(const Layer *l, Scratch *sp, long n, const void *arg
     for (long i = 0; i < m; i++) {
         const REAL *restrict w = l->fc2_weight + i * l->hidden;
         REAL gi = gf2[i];
+#pragma omp simd
         for (long j = 0; j < l->hidden; j++) grad_hidden[j] += w[j] * gi;
     }
     for (long j = 0; j < l->hidden; j++) {
         gf1[j] = s.hidden[j] > 0 ? grad_hidden[j] : 0;
-        hidden_out[n * l->hidden + j] = s.hidden[j];
+        b->keep.hidden[n * l->hidden + j] = s.hidden[j];
     }
     memset(s.grad_context, 0, sizeof(REAL) * (size_t)C);
     for (long j = 0; j < l->hidden; j++) {
@@ -446,7 +463,8 @@ static void backward_sample(const Layer *l, Scratch *sp, long n, const void *arg
 #pragma omp simd
         for (long i = 0; i < C; i++) s.grad_context[i] += w[i] * gj;
     }
-    REAL *glog = spatial ? grad_logits + n * hw : NULL;
+    REAL *glog = spatial ? b->keep.grad_logits + n * hw : NULL;
+    REAL *gsp = spatial ? b->keep.grad_spatial + n * C : NULL;
     if (spatial) {
         /* Through clamp(max=1) (gradient where its input is at most 1), the scale,
          * the softmax and 1 / tau. */
@@ -464,29 +482,91 @@ static void backward_sample(const Layer *l, Scratch *sp, long n, const void *arg
     for (long ch = 0; ch < C; ch++) {
         long g = l->groups == 1 ? 0 : ch;
         const REAL *row = xn + ch * hw, *grow = gn + ch * hw;
-        if (!grad_x) { /* the conv's weight gradient alone */
-            if (spatial) grad_spatial[n * C + ch] = dot(glog, row, hw);
+        if (!b->grad_x) { /* the conv's weight gradient alone */
+            if (spatial) gsp[ch] = dot(glog, row, hw);
             continue;
         }
         WITH_CONSTANTS(l->k, l->mode, {
             Pieces pieces = {s.a + g * K, s.b + g * K, l->alpha, l->beta, s.pi};
             REAL projected = input_grad_row(
                 K, MODE, pieces, row, grow, glog, s.grad_context[ch] / (REAL)hw,
-                spatial ? l->spatial_weight[ch] : 0, grad_x + (n * C + ch) * hw, hw);
-            if (spatial) grad_spatial[n * C + ch] = projected;
+                spatial ? l->spatial_weight[ch] : 0, b->grad_x + (n * C + ch) * hw, hw);
+            if (spatial) gsp[ch] = projected;
         });
     }
 }
 
-/* Backward. Writes, per sample: grad_fc2_out (groups * 2 * K) and grad_fc1_out (hidden),
- * the gradients at the two FCs' outputs (pre-activation), and hidden (the first FC's
- * activations), from which the caller forms the weight gradients with one matrix product
- * each; for variant C, grad_logits (H*W: the bias-free 1x1 conv's output gradient) and
- * grad_spatial (C: that sample's part of the 1x1 conv's weight gradient). grad_x may be NULL. */
+/* One row of a weight gradient, row = sum_n g[n * g_stride] * v[n, :] (v is (N, width)), and
+ * returns the bias gradient, sum_n g[n * g_stride]. */
+static REAL batch_row_sums(long n_samples, const REAL *g, long g_stride, const REAL *v,
+                           long width, REAL *restrict row) {
+    REAL bias = 0;
+    memset(row, 0, sizeof(REAL) * (size_t)width);
+    for (long n = 0; n < n_samples; n++) {
+        REAL gn = g[n * g_stride];
+        const REAL *restrict vn = v + n * width;
+        bias += gn;
+#pragma omp simd
+        for (long i = 0; i < width; i++) row[i] += gn * vn[i];
+    }
+    return bias;
+}
+
+typedef struct {
+    REAL *fc1_weight, *fc1_bias, *fc2_weight, *fc2_bias, *spatial_weight, *spatial_bias;
+} ParameterGrads;
+
+/* The parameters' gradients: the per-sample parts summed over the batch, a weight row per
+ * loop iteration (fc1's rows, then fc2's, then the 1x1 conv's weights). */
+static void parameter_grads(const Layer *l, const REAL *context, const PerSample *keep,
+                            const ParameterGrads *out) {
+    long hidden = l->hidden, m = l->groups * 2 * l->k, rows = hidden + m;
+    int spatial = l->spatial_weight != NULL;
+    long work = l->n * (hidden * l->c + m * hidden + (spatial ? l->c + l->hw : 0));
+#pragma omp parallel for num_threads(threads_for(l, work)) schedule(static)
+    for (long r = 0; r < rows + (spatial ? 1 : 0); r++) {
+        if (r < hidden)
+            out->fc1_bias[r] = batch_row_sums(l->n, keep->grad_fc1_out + r, hidden, context,
+                                              l->c, out->fc1_weight + r * l->c);
+        else if (r < rows)
+            out->fc2_bias[r - hidden] = batch_row_sums(
+                l->n, keep->grad_fc2_out + r - hidden, m, keep->hidden, hidden,
+                out->fc2_weight + (r - hidden) * hidden);
+        else { /* the conv: sum_n of the per-sample weight parts, and of every logit's */
+            for (long ch = 0; ch < l->c; ch++) out->spatial_weight[ch] = 0;
+            for (long n = 0; n < l->n; n++)
+                for (long ch = 0; ch < l->c; ch++)
+                    out->spatial_weight[ch] += keep->grad_spatial[n * l->c + ch];
+            out->spatial_bias[0] = dot(keep->grad_logits, NULL, l->n * l->hw);
+        }
+    }
+}
+
+/* Backward: grad_x (may be NULL) and the gradients of fc1's and fc2's weights and biases and,
+ * for variant C, of the 1x1 conv's weight and bias (the conv's bias only enters the softmax,
+ * whose saved output backward uses instead). */
 void dyrelu_backward(const Layer *l, const REAL *grad, const REAL *x, const REAL *context,
-                     const REAL *softmax, REAL *grad_x, REAL *grad_fc2_out, REAL *grad_fc1_out,
-                     REAL *hidden_out, REAL *grad_logits, REAL *grad_spatial, int *failed) {
-    BackwardArgs args = {grad, x, context, softmax, grad_x, grad_fc2_out, grad_fc1_out,
-                         hidden_out, grad_logits, grad_spatial};
+                     const REAL *softmax, REAL *grad_x, const ParameterGrads *out,
+                     int *failed) {
+    long m = l->groups * 2 * l->k, spatial = l->spatial_weight != NULL;
+    long sizes[5] = {m, l->hidden, l->hidden, spatial ? l->hw : 0, spatial ? l->c : 0};
+    long total = 0;
+    for (int i = 0; i < 5; i++) total += l->n * sizes[i];
+    REAL *block = malloc(sizeof(REAL) * (size_t)total);
+    if (!block) {
+        *failed = 1;
+        return;
+    }
+    PerSample keep;
+    REAL **slots[5] = {&keep.grad_fc2_out, &keep.grad_fc1_out, &keep.hidden,
+                       &keep.grad_logits, &keep.grad_spatial};
+    REAL *next = block;
+    for (int i = 0; i < 5; i++) {
+        *slots[i] = next;
+        next += l->n * sizes[i];
+    }
+    BackwardArgs args = {grad, x, context, softmax, grad_x, keep};
     for_each_sample(l, backward_sample, &args, failed);
+    if (!*failed) parameter_grads(l, context, &keep, out);
+    free(block);
 }

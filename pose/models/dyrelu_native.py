@@ -4,7 +4,8 @@ The compiled path (dyrelu_function's torch.compile'd passes) runs each pass over
 batch, so every pass reads x from memory again, and each call pays for dynamo's guards and
 inductor's wrapper. DY-ReLU's work is all per sample (pooling, hyper function, attention and
 their gradients), so the C kernels make every pass over one sample while it is in the core's
-cache, and a layer's forward and backward are one call each.
+cache, and a layer's forward and backward are one call each; backward also sums the
+parameters' gradients over the batch, so no small torch operation follows it.
 
 It serves float32 and float64 tensors on the CPU with x in the default (N, C, H, W) layout;
 everything else (CUDA, bfloat16 under autocast, channels_last) takes the compiled path.
@@ -47,6 +48,12 @@ class _Layer(ctypes.Structure):
                     "spatial_bias", "alpha", "beta")),
                 *((name, ctypes.c_double) for name in ("lambda_a", "lambda_b", "tau", "gamma")),
                 ("mode", ctypes.c_int), ("threads", ctypes.c_int)]
+
+
+class _ParameterGrads(ctypes.Structure):
+    """dyrelu_kernels.c's ParameterGrads: where backward writes the parameters' gradients."""
+    _fields_ = [(name, ctypes.c_void_p) for name in (
+        "fc1_weight", "fc1_bias", "fc2_weight", "fc2_bias", "spatial_weight", "spatial_bias")]
 
 
 def enabled() -> bool:
@@ -116,7 +123,8 @@ def library(dtype: torch.dtype) -> Optional[ctypes.CDLL]:
         return None
     pointer, flag = ctypes.c_void_p, ctypes.POINTER(ctypes.c_int)
     lib.dyrelu_forward.argtypes = [ctypes.POINTER(_Layer), *[pointer] * 4, flag]
-    lib.dyrelu_backward.argtypes = [ctypes.POINTER(_Layer), *[pointer] * 10, flag]
+    lib.dyrelu_backward.argtypes = [ctypes.POINTER(_Layer), *[pointer] * 5,
+                                    ctypes.POINTER(_ParameterGrads), flag]
     lib.dyrelu_forward.restype = lib.dyrelu_backward.restype = None
     return lib
 
@@ -173,27 +181,20 @@ def backward(grad: Tensor, x: Tensor, fc1_weight: Tensor, fc1_bias: Tensor, fc2_
              fc2_bias: Tensor, spatial_weight: Optional[Tensor], alpha: Tensor, beta: Tensor,
              context: Tensor, softmax: Tensor, groups: int, lambda_a: float, lambda_b: float,
              tau: float, gamma: float, mode: str, input_grad: bool):
-    """What dyrelu_function._backward_pass needs to form the gradients: the gradient of x
-    (None unless ``input_grad``), the per-sample gradients at fc1's and fc2's outputs and
-    fc1's activations (N, ...), and for variant C the gradient of the bias-free 1x1 conv's
-    output (N, H*W) and each sample's part of that conv's weight gradient (N, C); None
-    without one."""
-    n, c, h, w = x.shape
+    """As dyrelu_function._backward_pass: the gradients of x (None unless ``input_grad``),
+    fc1 and fc2 (weight, bias), and the spatial conv's weight and bias (None without one)."""
     spatial = spatial_weight is not None
     # The conv's bias only enters the softmax, whose saved output backward uses instead.
     layer = _layer(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, spatial_weight, None, alpha,
                    beta, groups, lambda_a, lambda_b, tau, gamma, mode)
     grad = grad.contiguous()
     grad_x = torch.empty_like(x) if input_grad else None
-    grad_fc2 = x.new_empty((n, fc2_weight.shape[0]))
-    grad_fc1, hidden = x.new_empty((n, fc1_weight.shape[0])), x.new_empty((n, fc1_weight.shape[0]))
-    grad_logits = x.new_empty((n, h * w)) if spatial else None
-    grad_spatial = x.new_empty((n, c)) if spatial else None
+    grads = [torch.empty_like(w) for w in (fc1_weight, fc1_bias, fc2_weight, fc2_bias)]
+    grads += [torch.empty_like(spatial_weight), x.new_empty(1)] if spatial else [None, None]
     failed = ctypes.c_int(0)
     library(x.dtype).dyrelu_backward(
         ctypes.byref(layer), grad.data_ptr(), x.data_ptr(), context.data_ptr(),
-        _pointer(softmax if spatial else None), _pointer(grad_x), grad_fc2.data_ptr(),
-        grad_fc1.data_ptr(), hidden.data_ptr(), _pointer(grad_logits), _pointer(grad_spatial),
-        ctypes.byref(failed))
+        _pointer(softmax if spatial else None), _pointer(grad_x),
+        ctypes.byref(_ParameterGrads(*map(_pointer, grads))), ctypes.byref(failed))
     _check(failed)
-    return grad_x, grad_fc1, grad_fc2, hidden, grad_logits, grad_spatial
+    return grad_x, *grads
