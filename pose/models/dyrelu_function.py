@@ -436,8 +436,9 @@ def _layer_backward(grad: Tensor, x: Tensor, fc1_weight: Tensor, fc1_bias: Tenso
 # plain operators, inductor's fused DY-ReLU loops ran 2-3x slower than ours on the CPU
 # (README, Performance). Eager mode calls the same two functions from an autograd.Function
 # (_DyReLULayer; _NativeDyReLULayer where the native kernels take the layer): through the
-# operators' dispatch and autograd wrapper a layer took about 0.1 ms more. Inductor's on-disk cache knows the operators by name: a change to their
-# signature needs a new name, or compiled models may run code cached for the old one.
+# operators' dispatch and autograd wrapper a layer took about 0.1 ms more. Inductor's on-disk
+# cache knows the operators by name: a change to their signature needs a new name, or
+# compiled models may run code cached for the old one.
 _dyrelu_op = torch.library.custom_op("pose::dyrelu", _layer_forward, mutates_args=())
 _dyrelu_backward_op = torch.library.custom_op("pose::dyrelu_backward", _layer_backward,
                                               mutates_args=())
@@ -509,10 +510,9 @@ class _DyReLULayer(torch.autograd.Function):
 class _NativeDyReLULayer(torch.autograd.Function):
     """The eager path where the native kernels take the layer: _DyReLULayer less the work of
     choosing a path per call (decided once, in dyrelu, for forward and backward) and of the
-    operators' argument lists. A layer's fixed cost is paid where the big layers around it
-    have just flushed the caches, which made that Python work about three times as slow as
-    alone: 0.3 ms per layer, a third of DY-ReLU-B's time at 32x24x64x48 (README,
-    Performance)."""
+    operators' argument lists. It matters more than its microseconds suggest: in a model a
+    layer's Python runs after big layers have flushed the caches, which makes it about three
+    times as slow as in a loop of its own (README, Performance)."""
 
     @staticmethod
     def forward(ctx, x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, spatial_weight,

@@ -53,20 +53,22 @@ typedef struct {
     REAL *hidden, *sig, *a, *b, *logits, *pi, *grad_pi, *grad_context, *grad_hidden, *discard;
 } Scratch;
 
+/* One malloc'd block, carved into arrays of the given sizes (*slots[0] is the block, for
+ * free); NULL where it cannot be had. */
+static REAL *alloc_arrays(REAL **slots[], const long sizes[], int count) {
+    long total = 0;
+    for (int i = 0; i < count; i++) total += sizes[i];
+    REAL *block = malloc(sizeof(REAL) * (size_t)(total > 0 ? total : 1));
+    for (int i = 0; block && i < count; i++) *slots[i] = i ? *slots[i - 1] + sizes[i - 1] : block;
+    return block;
+}
+
 static int scratch_alloc(const Layer *l, Scratch *s) {
     long m = l->groups * 2 * l->k, gk = l->groups * l->k;
     long sizes[10] = {l->hidden, m, gk, gk, l->hw, l->hw, l->hw, l->c, l->hidden, l->hw};
-    long total = 0;
-    for (int i = 0; i < 10; i++) total += sizes[i];
-    REAL *block = malloc(sizeof(REAL) * (size_t)total);
-    if (!block) return 0;
     REAL **slots[10] = {&s->hidden, &s->sig, &s->a, &s->b, &s->logits, &s->pi, &s->grad_pi,
                         &s->grad_context, &s->grad_hidden, &s->discard};
-    for (int i = 0; i < 10; i++) {
-        *slots[i] = block;
-        block += sizes[i];
-    }
-    return 1;
+    return alloc_arrays(slots, sizes, 10) != NULL;
 }
 
 static void scratch_free(Scratch *s) { free(s->hidden); }
@@ -220,8 +222,9 @@ INLINE void forward_row(const long K, const int MODE, Pieces c, const REAL *rest
 
 /* At one position: the winning piece (as REAL) and its slope (in mode "residual",
  * alpha + pi * a), the output gradient as the coefficients see it (times pi in the attention
- * modes: pi scales the output or the pieces), and the gradient reaching pi (grad times the winning value in mode "coefficient", times the
- * winning piece's residual part a x + b in mode "residual"). */
+ * modes: pi scales the output or the pieces), and the gradient reaching pi (grad times the
+ * winning value in mode "coefficient", times the winning piece's residual part a x + b in
+ * mode "residual"). */
 typedef struct {
     REAL win, slope, grad, grad_pi;
 } Winner;
@@ -534,22 +537,16 @@ static void parameter_grads(const Layer *l, const REAL *context, const PerSample
 void dyrelu_backward(const Layer *l, const REAL *grad, const REAL *x, const REAL *context,
                      const REAL *softmax, REAL *grad_x, const ParameterGrads *out,
                      int *failed) {
-    long m = l->groups * 2 * l->k, spatial = l->spatial_weight != NULL;
-    long sizes[5] = {m, l->hidden, l->hidden, spatial ? l->hw : 0, spatial ? l->c : 0};
-    long total = 0;
-    for (int i = 0; i < 5; i++) total += l->n * sizes[i];
-    REAL *block = malloc(sizeof(REAL) * (size_t)total);
-    if (!block) {
-        *failed = 1;
-        return;
-    }
+    long n = l->n, m = l->groups * 2 * l->k, spatial = l->spatial_weight != NULL;
+    long sizes[5] = {n * m, n * l->hidden, n * l->hidden, spatial ? n * l->hw : 0,
+                     spatial ? n * l->c : 0};
     PerSample keep;
     REAL **slots[5] = {&keep.grad_fc2_out, &keep.grad_fc1_out, &keep.hidden,
                        &keep.grad_logits, &keep.grad_spatial};
-    REAL *next = block;
-    for (int i = 0; i < 5; i++) {
-        *slots[i] = next;
-        next += l->n * sizes[i];
+    REAL *block = alloc_arrays(slots, sizes, 5);
+    if (!block) {
+        *failed = 1;
+        return;
     }
     BackwardArgs args = {grad, x, context, softmax, grad_x, keep};
     for_each_sample(l, backward_sample, &args, failed);
