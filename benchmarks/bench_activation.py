@@ -18,9 +18,11 @@ kernels make all passes over one sample while it is in cache, so those extra rea
 hit the cache instead of memory, and they can beat it.
 
 The last shape is tiny, so its times are the fixed cost of a layer (Python, the autograd
-function, the kernel calls). Last, one pass y = 2x is timed through ATen and through
-torch.compile: what inductor's generated CPU loops cost against ATen's for the same memory
-traffic.
+function, the kernel calls). That cost is timed again with the caches flushed before each
+step (a pass over a buffer twice the size of this CPU's 32 MB L3), as in a model, where the
+big layers around a layer have just evicted the code and data its Python touches. Last, one
+pass y = 2x is timed through ATen and through torch.compile: what inductor's generated CPU
+loops cost against ATen's for the same memory traffic.
 
 Times are medians of interleaved steps (benchmarks/measurements.py); each step reads its own
 copy of the input and gradient, so no step finds another's data in cache.
@@ -110,6 +112,17 @@ def floor_step(relu_step, x: torch.Tensor, grad: torch.Tensor, variant: str):
     return step
 
 
+def print_fixed_cost_after_a_flush(steps, repeats: int) -> None:
+    """The last (tiny) shape's ReLU and DY-ReLU steps again, each after a cache flush."""
+    flushed = torch.zeros(2 * 2**25 // 4)  # 64 MB of float32
+    names = ["relu", *(f"dyrelu_{key}" for key in VARIANTS)]
+    seconds = interleaved_medians({name: steps[name] for name in names}, repeats,
+                                  before=lambda: flushed.add_(1.0))
+    print(f"{str(SHAPES[-1]):>20} after a cache flush: " + ", ".join(
+        f"{name} {seconds[name] * 1e3:.3f} ms ({seconds[name] / seconds['relu']:.2f}x)"
+        for name in names))
+
+
 def one_pass_times(shape, device, repeats: int) -> dict[str, float]:
     """Seconds of y = 2x through ATen and through an inductor-compiled kernel."""
     x, x_copy = torch.randn(shape, device=device), torch.randn(shape, device=device)
@@ -178,6 +191,8 @@ def main() -> None:
             print(f"{str(shape):>20} {name:>10} {seconds[name] * 1e3:8.2f} "
                   f"{seconds[name] / base_time:6.2f}x", flush=True)
 
+    if device.type == "cpu":
+        print_fixed_cost_after_a_flush(steps, args.repeats)  # the last, tiny shape's steps
     shape = SHAPES[1]
     one_pass = one_pass_times(shape, device, args.repeats)
     print(f"one pass y = 2x at {shape}: ATen {one_pass['aten'] * 1e3:.3f} ms, torch.compile "

@@ -51,12 +51,14 @@ def device_sync(device: torch.device) -> Callable[[], None]:
 
 
 def interleaved_medians(steps: dict[str, Callable[[], None]], repeats: int, warmup: int = 3,
-                        sync: Callable[[], None] = lambda: None) -> dict[str, float]:
+                        sync: Callable[[], None] = lambda: None,
+                        before: Callable[[], None] = lambda: None) -> dict[str, float]:
     """Median seconds of each step. The steps take turns, one call at a time, so that a slow
     spell of the machine hits all of them alike, in a new random order each round: a step
     pays for some of its predecessor's work (the lines that step wrote are still dirty in
     cache, and evicting them costs whoever runs next), so in a fixed order the same layer
-    took 0.3 ms more after ReLU's step than after another DY-ReLU layer's."""
+    took 0.3 ms more after ReLU's step than after another DY-ReLU layer's. ``before`` runs
+    ahead of each timed call, untimed."""
     order = random.Random(0)  # the same orders in every run
     for step in steps.values():
         for _ in range(warmup):
@@ -67,6 +69,7 @@ def interleaved_medians(steps: dict[str, Callable[[], None]], repeats: int, warm
         order.shuffle(names)
         for name in names:
             step = steps[name]
+            before()
             sync()
             start = time.perf_counter()
             step()
