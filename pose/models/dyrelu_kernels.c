@@ -376,11 +376,12 @@ static void forward_sample(const Layer *l, Scratch *sp, long n, const void *args
 }
 
 /* Forward: y, and per sample the pooled context (C) and, for variant C, the softmax
- * (H*W) that backward needs. */
-void dyrelu_forward(const Layer *l, const REAL *x, REAL *y, REAL *context, REAL *softmax,
-                    int *failed) {
+ * (H*W) that backward needs. Returns 0, or 1 where the work space could not be had. */
+int dyrelu_forward(const Layer *l, const REAL *x, REAL *y, REAL *context, REAL *softmax) {
     ForwardArgs args = {x, y, context, softmax};
-    for_each_sample(l, forward_sample, &args, failed);
+    int failed = 0;
+    for_each_sample(l, forward_sample, &args, &failed);
+    return failed;
 }
 
 /* What backward keeps per sample, for the sums over the batch: the gradients at the two FCs'
@@ -533,10 +534,10 @@ static void parameter_grads(const Layer *l, const REAL *context, const PerSample
 
 /* Backward: grad_x (may be NULL) and the gradients of fc1's and fc2's weights and biases and,
  * for variant C, of the 1x1 conv's weight and bias (the conv's bias only enters the softmax,
- * whose saved output backward uses instead). */
-void dyrelu_backward(const Layer *l, const REAL *grad, const REAL *x, const REAL *context,
-                     const REAL *softmax, REAL *grad_x, const ParameterGrads *out,
-                     int *failed) {
+ * whose saved output backward uses instead). Returns 0, or 1 where the work space could not
+ * be had. */
+int dyrelu_backward(const Layer *l, const REAL *grad, const REAL *x, const REAL *context,
+                    const REAL *softmax, REAL *grad_x, const ParameterGrads *out) {
     long n = l->n, m = l->groups * 2 * l->k, spatial = l->spatial_weight != NULL;
     long sizes[5] = {n * m, n * l->hidden, n * l->hidden, spatial ? n * l->hw : 0,
                      spatial ? n * l->c : 0};
@@ -544,12 +545,11 @@ void dyrelu_backward(const Layer *l, const REAL *grad, const REAL *x, const REAL
     REAL **slots[5] = {&keep.grad_fc2_out, &keep.grad_fc1_out, &keep.hidden,
                        &keep.grad_logits, &keep.grad_spatial};
     REAL *block = alloc_arrays(slots, sizes, 5);
-    if (!block) {
-        *failed = 1;
-        return;
-    }
+    if (!block) return 1;
     BackwardArgs args = {grad, x, context, softmax, grad_x, keep};
-    for_each_sample(l, backward_sample, &args, failed);
-    if (!*failed) parameter_grads(l, context, &keep, out);
+    int failed = 0;
+    for_each_sample(l, backward_sample, &args, &failed);
+    if (!failed) parameter_grads(l, context, &keep, out);
     free(block);
+    return failed;
 }

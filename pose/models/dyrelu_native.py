@@ -24,6 +24,7 @@ import hashlib
 import os
 import platform
 import shutil
+import struct
 import subprocess
 import tempfile
 import warnings
@@ -40,20 +41,16 @@ _C_TYPES = {torch.float32: "float", torch.float64: "double"}
 _MODES = {"plain": 0, "coefficient": 1, "residual": 2}
 
 
-class _Layer(ctypes.Structure):
-    """dyrelu_kernels.c's Layer: sizes, weight pointers and options."""
-    _fields_ = [*((name, ctypes.c_long) for name in ("n", "c", "hw", "hidden", "groups", "k")),
-                *((name, ctypes.c_void_p) for name in (
-                    "fc1_weight", "fc1_bias", "fc2_weight", "fc2_bias", "spatial_weight",
-                    "spatial_bias", "alpha", "beta")),
-                *((name, ctypes.c_double) for name in ("lambda_a", "lambda_b", "tau", "gamma")),
-                ("mode", ctypes.c_int), ("threads", ctypes.c_int)]
-
-
-class _ParameterGrads(ctypes.Structure):
-    """dyrelu_kernels.c's ParameterGrads: where backward writes the parameters' gradients."""
-    _fields_ = [(name, ctypes.c_void_p) for name in (
-        "fc1_weight", "fc1_bias", "fc2_weight", "fc2_bias", "spatial_weight", "spatial_bias")]
+# dyrelu_kernels.c's argument structs, packed in the C compiler's layout (struct's "@" mode
+# aligns fields as C does). Built as ctypes.Structure objects instead, they took twice as
+# long, which counts in a layer's fixed cost (README, Performance).
+# Layer: n, c, hw, hidden, groups, k; the addresses of fc1_weight, fc1_bias, fc2_weight,
+# fc2_bias, spatial_weight, spatial_bias, alpha, beta; lambda_a, lambda_b, tau, gamma; mode,
+# threads.
+_LAYER = struct.Struct("@6l8P4d2i")
+# ParameterGrads: where backward writes the gradients of fc1_weight, fc1_bias, fc2_weight,
+# fc2_bias, spatial_weight and spatial_bias.
+_PARAMETER_GRADS = struct.Struct("@6P")
 
 
 def enabled() -> bool:
@@ -121,11 +118,10 @@ def library(dtype: torch.dtype) -> Optional[ctypes.CDLL]:
         warnings.warn(f"the native DY-ReLU kernels could not be built, using the compiled path "
                       f"(slower on the CPU): {type(error).__name__}: {error}")
         return None
-    pointer, flag = ctypes.c_void_p, ctypes.POINTER(ctypes.c_int)
-    lib.dyrelu_forward.argtypes = [ctypes.POINTER(_Layer), *[pointer] * 4, flag]
-    lib.dyrelu_backward.argtypes = [ctypes.POINTER(_Layer), *[pointer] * 5,
-                                    ctypes.POINTER(_ParameterGrads), flag]
-    lib.dyrelu_forward.restype = lib.dyrelu_backward.restype = None
+    packed, pointer = ctypes.c_char_p, ctypes.c_void_p
+    lib.dyrelu_forward.argtypes = [packed, *[pointer] * 4]
+    lib.dyrelu_backward.argtypes = [packed, *[pointer] * 5, packed]
+    lib.dyrelu_forward.restype = lib.dyrelu_backward.restype = ctypes.c_int
     return lib
 
 
@@ -133,30 +129,32 @@ def supports(x: Tensor, *tensors: Optional[Tensor]) -> bool:
     """Whether the native path takes this layer: x a float32/float64 CPU tensor in the
     contiguous (N, C, H, W) layout, the other tensors (weights, saved tensors) contiguous in
     x's dtype."""
-    if not (x.is_cpu and x.dtype in _C_TYPES and x.dim() == 4 and x.is_contiguous()
+    dtype = x.dtype
+    if not (dtype in _C_TYPES and x.is_cpu and x.dim() == 4 and x.is_contiguous()
             and x.numel() > 0 and enabled()):
         return False
     for t in tensors:
-        if t is not None and not (t.is_cpu and t.dtype == x.dtype and t.is_contiguous()):
+        if t is not None and not (t.dtype == dtype and t.is_cpu and t.is_contiguous()):
             return False
-    return library(x.dtype) is not None
+    return library(dtype) is not None
 
 
-def _pointer(t: Optional[Tensor]) -> Optional[int]:
-    return None if t is None else t.data_ptr()
+def _pointer(t: Optional[Tensor]) -> int:
+    return 0 if t is None else t.data_ptr()
 
 
 def _layer(x: Tensor, fc1_weight, fc1_bias, fc2_weight, fc2_bias, spatial_weight, spatial_bias,
-           alpha, beta, groups, lambda_a, lambda_b, tau, gamma, mode) -> _Layer:
+           alpha, beta, groups, lambda_a, lambda_b, tau, gamma, mode) -> bytes:
     n, c, h, w = x.shape
-    return _Layer(n, c, h * w, fc1_weight.shape[0], groups, alpha.numel(),
-                  *map(_pointer, (fc1_weight, fc1_bias, fc2_weight, fc2_bias, spatial_weight,
-                                  spatial_bias, alpha, beta)),
-                  lambda_a, lambda_b, tau, gamma, _MODES[mode], torch.get_num_threads())
+    return _LAYER.pack(n, c, h * w, fc1_weight.shape[0], groups, alpha.numel(),
+                       fc1_weight.data_ptr(), fc1_bias.data_ptr(), fc2_weight.data_ptr(),
+                       fc2_bias.data_ptr(), _pointer(spatial_weight), _pointer(spatial_bias),
+                       alpha.data_ptr(), beta.data_ptr(), lambda_a, lambda_b, tau, gamma,
+                       _MODES[mode], torch.get_num_threads())
 
 
-def _check(failed: ctypes.c_int) -> None:
-    if failed.value:
+def _check(failed: int) -> None:
+    if failed:
         raise MemoryError("the native DY-ReLU kernels could not allocate their work space")
 
 
@@ -170,10 +168,8 @@ def forward(x: Tensor, fc1_weight: Tensor, fc1_bias: Tensor, fc2_weight: Tensor,
                    alpha, beta, groups, lambda_a, lambda_b, tau, gamma, mode)
     y, context = torch.empty_like(x), x.new_empty((n, c))
     softmax = None if spatial_weight is None else x.new_empty((n, h * w))
-    failed = ctypes.c_int(0)
-    library(x.dtype).dyrelu_forward(ctypes.byref(layer), x.data_ptr(), y.data_ptr(),
-                                    context.data_ptr(), _pointer(softmax), ctypes.byref(failed))
-    _check(failed)
+    _check(library(x.dtype).dyrelu_forward(layer, x.data_ptr(), y.data_ptr(), context.data_ptr(),
+                                           _pointer(softmax)))
     return y, context, softmax
 
 
@@ -191,10 +187,8 @@ def backward(grad: Tensor, x: Tensor, fc1_weight: Tensor, fc1_bias: Tensor, fc2_
     grad_x = torch.empty_like(x) if input_grad else None
     grads = [torch.empty_like(w) for w in (fc1_weight, fc1_bias, fc2_weight, fc2_bias)]
     grads += [torch.empty_like(spatial_weight), x.new_empty(1)] if spatial else [None, None]
-    failed = ctypes.c_int(0)
-    library(x.dtype).dyrelu_backward(
-        ctypes.byref(layer), grad.data_ptr(), x.data_ptr(), context.data_ptr(),
+    _check(library(x.dtype).dyrelu_backward(
+        layer, grad.data_ptr(), x.data_ptr(), context.data_ptr(),
         _pointer(softmax if spatial else None), _pointer(grad_x),
-        ctypes.byref(_ParameterGrads(*map(_pointer, grads))), ctypes.byref(failed))
-    _check(failed)
+        _PARAMETER_GRADS.pack(*map(_pointer, grads))))
     return grad_x, *grads
