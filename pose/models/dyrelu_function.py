@@ -40,7 +40,7 @@ with a warning.
 On the CPU, float32 and float64 layers in the default memory layout take a native path
 instead (pose/models/dyrelu_native.py, C kernels built on first use): every pass over one
 sample runs while that sample is in the core's cache, so only the first pass over x reads
-memory, and each of forward and backward is one call. A layer took 0.37-0.81x the compiled
+memory, and each of forward and backward is one call. A layer took 0.35-0.74x the compiled
 path's time (README, Performance). CUDA, bfloat16 and channels_last keep the compiled
 path.
 """
