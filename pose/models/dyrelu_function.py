@@ -560,8 +560,8 @@ def dyrelu(x: Tensor, fc1: torch.nn.Linear, fc2: torch.nn.Linear, alpha: Tensor,
         spatial_weight, spatial_bias = spatial_conv.weight, spatial_conv.bias
     hyper = (fc1.weight, fc1.bias, fc2.weight, fc2.bias)
     options = (groups, lambda_a, lambda_b, tau, gamma, mode)
-    exporting = _exporting()
-    if (not exporting and not torch.compiler.is_compiling()
+    exporting, compiling = _exporting(), torch.compiler.is_compiling()
+    if (not exporting and not compiling
             and dyrelu_native.supports(x, *hyper, spatial_weight, spatial_bias, alpha, beta)):
         # The conv's (1, C, 1, 1) weight is C contiguous values to the kernels, unviewed.
         return _NativeDyReLULayer.apply(x, *hyper, spatial_weight, spatial_bias, alpha, beta,
@@ -574,7 +574,7 @@ def dyrelu(x: Tensor, fc1: torch.nn.Linear, fc2: torch.nn.Linear, alpha: Tensor,
         return _plain_dyrelu(x, fc1, fc2, alpha, beta, groups, lambda_a, lambda_b, mode,
                              spatial_weight, spatial_bias, tau, gamma)
     inputs = (x, *hyper, spatial_weight, spatial_bias, alpha, beta, *options)
-    if torch.compiler.is_compiling():
+    if compiling:
         return _dyrelu_op(*inputs)[0]
     return _DyReLULayer.apply(*inputs)
 

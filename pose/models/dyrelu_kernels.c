@@ -220,13 +220,14 @@ INLINE void forward_row(const long K, const int MODE, Pieces c, const REAL *rest
     }
 }
 
-/* At one position: the winning piece (as REAL) and its slope (in mode "residual",
- * alpha + pi * a), the output gradient as the coefficients see it (times pi in the attention
- * modes: pi scales the output or the pieces), and the gradient reaching pi (grad times the
- * winning value in mode "coefficient", times the winning piece's residual part a x + b in
- * mode "residual"). */
+/* At one position: the winning piece (as REAL), the output gradient as the coefficients see
+ * it (times pi in the attention modes: pi scales the output or the pieces), the gradient
+ * reaching pi (grad times the winning value in mode "coefficient", times the winning piece's
+ * residual part a x + b in mode "residual"), and the gradient reaching x through the maximum:
+ * grad times the winning slope (alpha + pi * a in mode "residual"), times pi in mode
+ * "coefficient". */
 typedef struct {
-    REAL win, slope, grad, grad_pi;
+    REAL win, grad, grad_pi, grad_x;
 } Winner;
 
 INLINE Winner winner_at(const long K, const int MODE, Pieces c, REAL v, REAL g, REAL pw) {
@@ -242,19 +243,19 @@ INLINE Winner winner_at(const long K, const int MODE, Pieces c, REAL v, REAL g, 
         if (MODE == MODE_RESIDUAL) part = wins ? a[kk] * v + b[kk] : part;
         best = wins ? piece : best;
     }
-    Winner w = {win, slope, MODE == MODE_PLAIN ? g : g * pw,
-                MODE == MODE_COEFFICIENT ? g * best : MODE == MODE_RESIDUAL ? g * part : 0};
+    Winner w = {win, MODE == MODE_PLAIN ? g : g * pw,
+                MODE == MODE_COEFFICIENT ? g * best : MODE == MODE_RESIDUAL ? g * part : 0,
+                (MODE == MODE_COEFFICIENT ? g * pw : g) * slope};
     return w;
 }
 
 /* Pass 1 over one row, in one loop: sum_a[kk] += the sum of grad' * x where piece kk wins,
  * sum_b[kk] += that of grad' (grad' as in winner_at), grad_pi += the attention's gradient,
- * and out = grad * d y / d x (the winning slope; times pi in mode "coefficient"): the input
- * gradient less what reaches x through the pooling and the 1x1 conv, which input_grad_row
- * adds once the whole sample's pass 1 is done. Written here, while the row is in the core's
- * first-level cache, rather than in pass 2, which then reads out instead of x, the gradient
- * and the attention: side by side, a layer took 5-15% less time (C's 1x1 conv at 192
- * channels: the same). */
+ * and out = the gradient through the maximum (as in winner_at): the input gradient less what
+ * reaches x through the pooling and the 1x1 conv, which input_grad_row adds once the whole
+ * sample's pass 1 is done. Written here, while the row is in the core's first-level cache,
+ * rather than in pass 2, which then reads out instead of x, the gradient and the attention:
+ * side by side, a layer took 5-15% less time (C's 1x1 conv at 192 channels: the same). */
 INLINE void coefficient_grad_row(const long K, const int MODE, Pieces c,
                                  const REAL *restrict row, const REAL *restrict grow,
                                  REAL *restrict grad_pi, REAL *sum_a, REAL *sum_b,
@@ -268,7 +269,7 @@ INLINE void coefficient_grad_row(const long K, const int MODE, Pieces c,
             REAL v = row[p + j], pw = MODE == MODE_PLAIN ? 1 : c.pi[p + j];
             Winner w = winner_at(K, MODE, c, v, grow[p + j], pw);
             if (MODE != MODE_PLAIN) grad_pi[p + j] += w.grad_pi;
-            out[p + j] = (MODE == MODE_RESIDUAL ? grow[p + j] : w.grad) * w.slope;
+            out[p + j] = w.grad_x;
 #pragma GCC unroll 4
             for (long kk = 0; kk < K; kk++) {
                 REAL masked = w.grad * (REAL)(w.win == (REAL)kk); /* a multiply, not a branch */
@@ -280,7 +281,7 @@ INLINE void coefficient_grad_row(const long K, const int MODE, Pieces c,
         REAL v = row[p], pw = MODE == MODE_PLAIN ? 1 : c.pi[p];
         Winner w = winner_at(K, MODE, c, v, grow[p], pw);
         if (MODE != MODE_PLAIN) grad_pi[p] += w.grad_pi;
-        out[p] = (MODE == MODE_RESIDUAL ? grow[p] : w.grad) * w.slope;
+        out[p] = w.grad_x;
         for (long kk = 0; kk < K; kk++) {
             REAL masked = w.grad * (REAL)(w.win == (REAL)kk);
             sum_a[kk] += masked * v;
@@ -423,6 +424,8 @@ static void backward_sample(const Layer *l, Scratch *sp, long n, const void *arg
             const REAL *row = xn + ch * hw, *grow = gn + ch * hw;
             Pieces pieces = {s.a + g * K, s.b + g * K, l->alpha, l->beta, s.pi};
             /* theta's layout per group: K slopes, then K intercepts. */
+            /* Without grad_x, the row's input-gradient part goes to a scratch row: one
+             * loop for both cases, and only layers whose input needs no gradient pay. */
             REAL *out = b->grad_x ? b->grad_x + (n * C + ch) * hw : s.discard;
             coefficient_grad_row(K, MODE, pieces, row, grow, s.grad_pi, gf2 + g * 2 * K,
                                  gf2 + g * 2 * K + K, out, hw);
