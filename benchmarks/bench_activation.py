@@ -3,9 +3,10 @@
 For pose-typical shapes, forward+backward time and the bytes autograd saves for backward of:
 ReLU, our DY-ReLU-A/B/C (the whole module: hyper function, attention, piecewise maximum; C
 also with spatial="residual", as "cr") and a naive DY-ReLU written here from the formulas,
-which materialises (N, C, H, W, K). Prints each as a ratio to ReLU. On the CPU our layers
-run the native kernels (pose/models/dyrelu_native.py); each is also timed with them turned
-off, on the torch.compile'd path that CUDA, bfloat16 and channels_last take ("compiled/ours").
+which materialises (N, C, H, W, K) (the reference backend, pose/models/dyrelu/reference.py).
+Prints each as a ratio to ReLU. On the CPU our layers run the native backend; each is also
+timed on the compiled backend that CUDA and bfloat16 take ("compiled/ours"), and with
+``--against REV`` beside an earlier revision's layer ("ours/old", benchmarks/legacy.py).
 
 It also times a pass-by-pass floor for each variant: ReLU's step plus the full-tensor reads
 that variant makes when each pass runs over the whole batch (as the compiled path does), each
@@ -28,47 +29,35 @@ Times are medians of interleaved steps (benchmarks/measurements.py); each step r
 copy of the input and gradient, so no step finds another's data in cache.
 
     python benchmarks/bench_activation.py [--threads 2] [--device cpu|cuda] [--amp bf16]
+        [--against 8a0c83b]
 """
 from __future__ import annotations
 
 import argparse
-import os
 
 import torch
 from torch import nn
 
-from pose.models.activations import DyReLU
+from pose.models.dyrelu import DyReLU
 
-from measurements import (  # this folder
-    device_sync, interleaved_medians, keep_freed_memory, saved_bytes)
+from legacy import legacy_dyrelu, swap_dyrelu  # this folder
+from measurements import device_sync, interleaved_medians, keep_freed_memory, saved_bytes
 
 SHAPES = [(32, 24, 64, 48), (32, 96, 32, 24), (32, 192, 32, 24), (32, 96, 64, 48), (2, 96, 4, 4)]
-# Layer name suffix -> DyReLU options; "cr" is C with spatial="residual", whose backward runs
-# a different path (pose/models/dyrelu_function.py).
+# Layer name suffix -> DyReLU options; "cr" is C with spatial="residual", whose compiled
+# backward runs its passes one by one (pose/models/dyrelu/compiled.py).
 VARIANTS = {"a": {"variant": "a"}, "b": {"variant": "b"}, "c": {"variant": "c"},
             "cr": {"variant": "c", "spatial": "residual"}}
 
 
-class NaiveDyReLU(nn.Module):
-    """The formulas as written: every piece for every element, stacked on a last K axis."""
-
-    def __init__(self, reference: DyReLU) -> None:
-        super().__init__()
-        self.ref = reference
-
-    def forward(self, x):
-        ref = self.ref
-        da, db = ref.coefficients(x.mean(dim=(2, 3)))  # (N, G, K)
-        da, db = da[:, :, None, None, :], db[:, :, None, None, :]
-        if ref.variant == "c":
-            logits = nn.functional.conv2d(x, ref.spatial_conv.weight)
-            pi = ref.attention(logits)[..., None]  # (N, 1, H, W, 1)
-            if ref.spatial == "residual":  # pi scales only the residuals
-                da, db = pi * da, pi * db
-        a, b = ref.alpha + da, ref.beta + db
-        if ref.variant == "c" and ref.spatial == "coefficient":
-            a, b = pi * a, pi * b
-        return (a * x[..., None] + b).max(dim=-1).values
+def sharing_weights(layer: DyReLU, backend: str) -> DyReLU:
+    """The same layer (options and parameters shared) on another backend."""
+    twin = DyReLU(layer.channels, variant=layer.variant, k=layer.k, spatial=layer.spatial,
+                  backend=backend)
+    twin.fc1, twin.fc2 = layer.fc1, layer.fc2
+    if layer.variant == "c":
+        twin.spatial_conv = layer.spatial_conv
+    return twin
 
 
 def fwd_bwd_step(layer: nn.Module, x: torch.Tensor, grad: torch.Tensor, amp):
@@ -79,22 +68,6 @@ def fwd_bwd_step(layer: nn.Module, x: torch.Tensor, grad: torch.Tensor, amp):
         x.grad = None
 
     return step
-
-
-def compiled_path(step):
-    """``step`` with the native CPU kernels turned off: the layer's torch.compile'd path."""
-    def run():
-        previous = os.environ.get("POSE_DYRELU_NATIVE")
-        os.environ["POSE_DYRELU_NATIVE"] = "0"
-        try:
-            step()
-        finally:
-            if previous is None:
-                del os.environ["POSE_DYRELU_NATIVE"]
-            else:
-                os.environ["POSE_DYRELU_NATIVE"] = previous
-
-    return run
 
 
 def floor_step(relu_step, x: torch.Tensor, grad: torch.Tensor, variant: str):
@@ -116,6 +89,7 @@ def print_fixed_cost_after_a_flush(steps, repeats: int) -> None:
     """The last (tiny) shape's ReLU and DY-ReLU steps again, each after a cache flush."""
     flushed = torch.zeros(2 * 2**25 // 4)  # 64 MB of float32
     names = ["relu", *(f"dyrelu_{key}" for key in VARIANTS)]
+    names += [f"old_{key}" for key in VARIANTS if f"old_{key}" in steps]
     seconds = interleaved_medians({name: steps[name] for name in names}, repeats,
                                   before=lambda: flushed.add_(1.0))
     print(f"{str(SHAPES[-1]):>20} after a cache flush: " + ", ".join(
@@ -137,18 +111,22 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none")
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--against", metavar="REV",
+                        help="also time an earlier revision's layer (benchmarks/legacy.py), "
+                             "e.g. 8a0c83b: column ours/old")
     parser.add_argument("--system-malloc", action="store_true",
                         help="leave glibc's default of returning freed memory (measurements.py)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     steady = not args.system_malloc and keep_freed_memory()
     device = torch.device(args.device)
+    legacy = legacy_dyrelu(args.against) if args.against else None
     amp = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.amp]
     print(f"device {device}, {args.threads} threads, amp {args.amp}, "
           f"torch {torch.__version__}, freed memory kept: {steady}")
     print(f"{'shape (N,C,H,W)':>20} {'layer':>10} {'ms':>8} {'x ReLU':>7} "
           f"{'saved MB':>9} {'x ReLU':>7} {'naive/ours':>10} {'ours/floor':>10} "
-          f"{'compiled/ours':>13}")
+          f"{'compiled/ours':>13} {'ours/old':>8}")
     for shape in SHAPES:
         torch.manual_seed(0)
         x = torch.randn(shape, device=device, requires_grad=True)
@@ -156,38 +134,44 @@ def main() -> None:
         layers = {"relu": nn.ReLU()}
         for key, options in VARIANTS.items():
             layers[f"dyrelu_{key}"] = DyReLU(channels, **options)
-            layers[f"naive_{key}"] = NaiveDyReLU(layers[f"dyrelu_{key}"])
+            # The reference backend: autograd through the formula, (N, C, H, W, K) kept.
+            layers[f"naive_{key}"] = sharing_weights(layers[f"dyrelu_{key}"], "reference")
+            if device.type == "cpu":
+                layers[f"compiled_{key}"] = sharing_weights(layers[f"dyrelu_{key}"], "compiled")
+            if legacy is not None:
+                layers[f"old_{key}"] = swap_dyrelu(nn.Sequential(layers[f"dyrelu_{key}"]),
+                                                   legacy)[0]
         for layer in layers.values():
             layer.to(device)
         grad = torch.randn_like(x)
         # Each step reads its own copy of x and the gradient: with one shared copy, a step
         # that follows one that read it finds it in cache, and the order changes the ratios.
-        compared = [f"compiled_{key}" for key in VARIANTS] if device.type == "cpu" else []
         copies = {name: (x.detach().clone().requires_grad_(), grad.clone())
-                  for name in [*layers, *compared, "floor_ab", "floor_c"]}
+                  for name in [*layers, "floor_ab", "floor_c"]}
         steps = {name: fwd_bwd_step(layer, *copies[name], amp) for name, layer in layers.items()}
-        for name in compared:
-            layer = layers[name.replace("compiled", "dyrelu")]
-            steps[name] = compiled_path(fwd_bwd_step(layer, *copies[name], amp))
         for name, variant in (("floor_ab", "b"), ("floor_c", "c")):
             relu_step = fwd_bwd_step(layers["relu"], *copies[name], amp)
             steps[name] = floor_step(relu_step, *copies[name], variant)
         seconds = interleaved_medians(steps, args.repeats, sync=device_sync(device))
         results = {name: (seconds[name], saved_bytes(lambda: layer(x)))
-                   for name, layer in layers.items()}
+                   for name, layer in layers.items()
+                   if not name.startswith(("compiled", "old"))}
         base_time, base_bytes = results["relu"]
         for name, (elapsed, nbytes) in results.items():
-            naive = floor = compiled = ""
+            naive = floor = compiled = old = ""
             if name.startswith("dyrelu"):
                 key = name.split("_")[1]
                 naive = f"{results['naive_' + key][0] / elapsed:.2f}x"
                 floor = f"{elapsed / seconds['floor_c' if key[0] == 'c' else 'floor_ab']:.2f}x"
-                if compared:
+                if f"compiled_{key}" in seconds:
                     compiled = f"{seconds['compiled_' + key] / elapsed:.2f}x"
+                if f"old_{key}" in seconds:
+                    old = f"{elapsed / seconds['old_' + key]:.2f}x"
             print(f"{str(shape):>20} {name:>10} {elapsed * 1e3:8.2f} {elapsed / base_time:6.2f}x "
                   f"{nbytes / 2**20:9.1f} {nbytes / base_bytes:6.2f}x {naive:>10} {floor:>10} "
-                  f"{compiled:>13}")
-        for name in (*compared, "floor_ab", "floor_c"):
+                  f"{compiled:>13} {old:>8}")
+        extra = [name for name in seconds if name.startswith(("compiled", "old"))]
+        for name in (*extra, "floor_ab", "floor_c"):
             print(f"{str(shape):>20} {name:>10} {seconds[name] * 1e3:8.2f} "
                   f"{seconds[name] / base_time:6.2f}x", flush=True)
 

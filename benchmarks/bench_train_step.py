@@ -7,10 +7,13 @@ autograd saves for backward (the activation memory a step holds at its peak).
 
     python benchmarks/bench_train_step.py [--device cpu|cuda] [--batch 16] [--size 256 192]
         [--amp bf16] [--channels-last] [--compile] [--pairs relu/relu,dyrelu_c/dyrelu_c]
+        [--against 8a0c83b]
 
 ``--compile`` adds, for each pairing, the same model wrapped in ``torch.compile`` (rows
 marked "compiled"), measured in the same run. Inductor keeps its DY-ReLU layers as the
-custom operators pose::dyrelu and pose::dyrelu_backward (pose.models.dyrelu_function).
+registered operators pose::dyrelu_layer and its backward (pose/models/dyrelu/ops.py).
+``--against REV`` adds, for each pairing with a DY-ReLU, the same model with that earlier
+revision's layer (rows marked "REV", benchmarks/legacy.py).
 """
 from __future__ import annotations
 
@@ -22,8 +25,8 @@ import torch
 from pose.config import ModelConfig
 from pose.models import build_model
 
-from measurements import (  # this folder
-    device_sync, interleaved_medians, keep_freed_memory, saved_bytes)
+from legacy import legacy_dyrelu, swap_dyrelu  # this folder
+from measurements import device_sync, interleaved_medians, keep_freed_memory, saved_bytes
 
 ACTS = ("relu", "dyrelu_a", "dyrelu_b", "dyrelu_c")
 # Measured last by default: PReLU is the cheapest activation that, like DY-ReLU, has learned
@@ -32,12 +35,16 @@ ACTS = ("relu", "dyrelu_a", "dyrelu_b", "dyrelu_c")
 FLOOR = ("prelu", "prelu")
 
 
-def train_step(backbone: str, head: str, compiled: bool, args, device):
-    """(one train step as a callable, its model, its images) for a backbone/head pairing."""
+def train_step(backbone: str, head: str, compiled: bool, revision: str, args, device):
+    """(one train step as a callable, its model, its images) for a backbone/head pairing, with
+    an earlier revision's DY-ReLU layer where ``revision`` is not empty."""
     cfg = ModelConfig()
     cfg.backbone.act, cfg.head.act = backbone, head
     torch.manual_seed(0)
-    model = build_model(cfg).to(device)
+    model = build_model(cfg)
+    if revision:
+        swap_dyrelu(model, legacy_dyrelu(revision))
+    model = model.to(device)
     images = torch.randn(args.batch, 3, *args.size, device=device)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -61,8 +68,8 @@ def train_step(backbone: str, head: str, compiled: bool, args, device):
     return step, model, images
 
 
-def measure(runs, args, device) -> dict[tuple[str, str, bool], tuple[float, int]]:
-    """img/s and memory of each run (backbone, head, compiled), the steps interleaved
+def measure(runs, args, device) -> dict[tuple[str, str, bool, str], tuple[float, int]]:
+    """img/s and memory of each run (backbone, head, compiled, revision), the steps interleaved
     (measurements.py)."""
     built = {run: train_step(*run, args, device) for run in runs}
     seconds = interleaved_medians({run: step for run, (step, _, _) in built.items()},
@@ -92,6 +99,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--steps", type=int, default=3, help="timed steps per pairing")
+    parser.add_argument("--against", metavar="REV", default="",
+                        help="also run each DY-ReLU pairing with an earlier revision's layer")
     parser.add_argument("--system-malloc", action="store_true",
                         help="leave glibc's default of returning freed memory (measurements.py)")
     parser.add_argument("--pairs", default=None,
@@ -100,8 +109,10 @@ def main() -> None:
     args = parser.parse_args()
     pairs = list(itertools.product(ACTS, ACTS)) + [FLOOR] if args.pairs is None else \
         [tuple(pair.split("/")) for pair in args.pairs.split(",")]
-    runs = [(*pair, compiled) for pair in pairs
-            for compiled in ((False, True) if args.compile else (False,))]
+    runs = [(*pair, compiled, revision) for pair in pairs
+            for compiled in ((False, True) if args.compile else (False,))
+            for revision in ("", args.against)
+            if revision == "" or any(act.startswith("dyrelu") for act in pair)]
     torch.set_num_threads(args.threads)
     steady = not args.system_malloc and keep_freed_memory()
     device = torch.device(args.device)
@@ -111,10 +122,10 @@ def main() -> None:
     print(f"{'backbone':>9} {'head':>9} {'img/s':>8} {'time x 1st':>10} {kind:>9} {'x 1st':>6}")
     results = measure(runs, args, device)
     base = results[runs[0]]
-    for (backbone, head, compiled), (speed, memory) in results.items():
+    for (backbone, head, compiled, revision), (speed, memory) in results.items():
+        marks = ("  compiled" if compiled else "") + (f"  {revision}" if revision else "")
         print(f"{backbone:>9} {head:>9} {speed:8.1f} {base[0] / speed:9.2f}x "
-              f"{memory / 2**20:9.1f} {memory / base[1]:5.2f}x{'  compiled' if compiled else ''}",
-              flush=True)
+              f"{memory / 2**20:9.1f} {memory / base[1]:5.2f}x{marks}", flush=True)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ linear layers (torch.utils.flop_counter's FLOPs / 2; this includes DY-ReLU's hyp
 FCs), plus K per output element of each DY-ReLU (one multiply-add per linear piece) and, for
 DY-ReLU-C, C per output position for its 1x1 spatial conv (C -> 1), which the fused layer
 computes without calling a convolution operator. DY-ReLU layers run as plain operators while
-counting (dyrelu_function.plain_operators), so the count is the same on every path.
+counting (pose.models.dyrelu.plain_operators), so the count is the same on every path.
 BatchNorm, pooling, element-wise activations, additions and upsampling are not counted, as in
 the MobileNetV2 and DY-ReLU papers.
 """
@@ -16,7 +16,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from pose.models.activations import DyReLU
-from pose.models.dyrelu_function import plain_operators
+from pose.models.dyrelu import plain_operators
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -17,6 +17,7 @@ from typing import Any, Iterable
 
 import yaml
 
+from pose.activation_spec import parse_activation
 from pose.errors import PoseError
 
 
@@ -257,8 +258,6 @@ def apply_overrides(values: dict, overrides: Iterable[str]) -> dict:
 
 
 def config_from_dict(values: dict) -> Config:
-    from pose.models.activations import parse_activation
-
     config = _build(Config, values, "")
     if not config.grid.acts:
         raise ConfigError("config key 'grid.acts': needs at least one activation spec")

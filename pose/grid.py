@@ -23,7 +23,7 @@ from typing import Any, Optional, Sequence
 import yaml
 
 from pose.config import Config, load_config
-from pose.models.activations import parse_activation, resolved_activation
+from pose.activation_spec import parse_activation, resolved_activation
 from pose.report import write_tables
 
 TOOLS = Path(__file__).resolve().parents[1] / "tools"

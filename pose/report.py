@@ -13,7 +13,7 @@ from pose.complexity import complexity
 from pose.config import Config
 from pose.evaluation.coco_eval import STAT_NAMES
 from pose.models import build_model
-from pose.models.activations import parse_activation
+from pose.activation_spec import parse_activation
 from pose.utils import atomic_write, atomic_write_json, atomic_write_text
 
 # Supplementary Table 2 (AP x 100): PAPER_AP[backbone][head].

@@ -1,0 +1,146 @@
+"""The DY-ReLU module: its parameters, its settings record and the choice of backend."""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import nn
+
+from pose.models.dyrelu import ops, reference
+from pose.models.dyrelu.settings import DyReLUSettings
+
+_plain_operators = False
+
+
+@contextlib.contextmanager
+def plain_operators():
+    """Run DY-ReLU layers as the reference's plain operators while inside: what operator
+    counters (torch.utils.flop_counter, pose.complexity) must see, since the fast backends'
+    arithmetic is invisible to them."""
+    global _plain_operators
+    previous, _plain_operators = _plain_operators, True
+    try:
+        yield
+    finally:
+        _plain_operators = previous
+
+
+def _tracing() -> bool:
+    """Exporters and operator counters get the reference. torch.export (and the ONNX
+    exporter built on it) sets is_exporting; the TorchScript ONNX exporter and jit.trace set
+    is_tracing."""
+    return _plain_operators or torch.compiler.is_exporting() or torch.jit.is_tracing()
+
+
+class DyReLU(nn.Module):
+    """Dynamic ReLU, variants A (shared), B (channel-wise) and C (channel- and spatial-wise);
+    the formula is in ``pose/models/dyrelu/reference.py``.
+
+    Args:
+        channels: C, the number of input channels.
+        variant: ``"a"``, ``"b"`` or ``"c"``.
+        k: number of linear pieces K.
+        reduction: R, the hyper function's squeeze ratio (hidden width = max(C // R, 1)).
+            The default 13 reproduces the paper's MobileNetV2 DY-ReLU-B counts (README,
+            'Complexity'); public implementations use 4.
+        lambda_a, lambda_b: residual ranges of the slopes and intercepts.
+        tau: softmax temperature of the spatial attention (variant C).
+        gamma: spatial attention scale as a fraction of H*W (variant C); gamma = 1/3 gives
+            the paper's H*W/3.
+        spatial: variant C only. ``"coefficient"`` (the paper's formula) multiplies the whole
+            coefficients a^k, b^k by the attention pi; ``"residual"`` multiplies only the
+            residuals, so pi leaves the static ReLU part untouched.
+        init: ``"default"`` (PyTorch's initialisation) or ``"relu"``: the hyper function's last
+            layer starts at zero, so the residuals are zero and the module starts as ReLU
+            (for variant C with ``spatial="coefficient"``: as pi * ReLU, pi = min(gamma, 1)
+            while the attention is uniform).
+        backend: ``"auto"``, ``"native"``, ``"compiled"`` or ``"reference"``
+            (pose/models/dyrelu/ops.py); ``auto`` is resolved at the first call for each
+            device and dtype.
+    """
+
+    def __init__(self, channels: int, variant: str = "b", k: int = 2, reduction: float = 13,
+                 lambda_a: float = 1.0, lambda_b: float = 0.5, tau: float = 10.0,
+                 gamma: float = 1.0 / 3.0, spatial: str = "coefficient", init: str = "default",
+                 backend: str = "auto") -> None:
+        super().__init__()
+        if variant not in ("a", "b", "c"):
+            raise ValueError(f"DyReLU variant must be 'a', 'b' or 'c', got {variant!r}")
+        if reduction <= 0:
+            raise ValueError(f"DyReLU reduction must be > 0, got {reduction}")
+        if spatial not in ("coefficient", "residual"):
+            raise ValueError(f"DyReLU spatial must be 'coefficient' or 'residual', got {spatial!r}")
+        if init not in ("default", "relu"):
+            raise ValueError(f"DyReLU init must be 'default' or 'relu', got {init!r}")
+        if backend not in ops.BACKENDS:
+            raise ValueError(f"DyReLU backend must be one of {ops.BACKENDS}, got {backend!r}")
+        self.settings = DyReLUSettings(
+            k=k, channelwise=variant != "a", mode=spatial if variant == "c" else "plain",
+            lambda_a=lambda_a, lambda_b=lambda_b, tau=tau, gamma=gamma)
+        self._settings_floats = self.settings.as_floats()
+        self.channels, self.variant, self.spatial, self.backend = channels, variant, spatial, backend
+        self._backends: dict[tuple, str] = {}  # (device, dtype, parameter dtype) -> backend
+        self.groups = channels if self.settings.channelwise else 1
+        hidden = max(int(channels // reduction), 1)
+        self.fc1 = nn.Linear(channels, hidden)
+        self.fc2 = nn.Linear(hidden, self.groups * 2 * k)
+        if variant == "c":
+            self.spatial_conv = nn.Conv2d(channels, 1, kernel_size=1)
+        if init == "relu":
+            nn.init.zeros_(self.fc2.weight)
+            nn.init.zeros_(self.fc2.bias)
+
+    @property
+    def k(self) -> int:
+        return self.settings.k
+
+    @property
+    def lambda_a(self) -> float:
+        return self.settings.lambda_a
+
+    @property
+    def lambda_b(self) -> float:
+        return self.settings.lambda_b
+
+    @property
+    def tau(self) -> float:
+        return self.settings.tau
+
+    @property
+    def gamma(self) -> float:
+        return self.settings.gamma
+
+    def _weights(self):
+        conv = getattr(self, "spatial_conv", None)
+        return (self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias,
+                None if conv is None else conv.weight, None if conv is None else conv.bias)
+
+    def coefficients(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Residual slopes and intercepts (da, db), each (N, groups, K), from the pooled
+        context (N, C)."""
+        return reference.residuals(context, *self._weights()[:4], self.settings)
+
+    def attention(self, logits: torch.Tensor) -> torch.Tensor:
+        """Spatial attention pi (N, 1, H, W), each value in (0, 1], from the 1x1 conv's
+        output without its bias (variant C)."""
+        return reference.attention(logits, self.spatial_conv.bias, self.settings)
+
+    @torch.compiler.disable
+    def _resolve(self, key: tuple) -> str:
+        device, dtype, weight_dtype = key
+        self._backends[key] = ops.resolve(self.backend, device, dtype, weight_dtype)
+        return self._backends[key]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weights = self._weights()
+        if _tracing():
+            return reference.dyrelu(x, *weights, self.settings)
+        key = (x.device, x.dtype, self.fc1.weight.dtype)
+        backend = self._backends.get(key) or self._resolve(key)
+        if backend == "reference":
+            return reference.dyrelu(x, *weights, self.settings)
+        return ops.dyrelu_layer(x, *weights, self._settings_floats, backend)[0]
+
+    def extra_repr(self) -> str:
+        return (f"channels={self.channels}, variant={self.variant}, k={self.k}, "
+                f"backend={self.backend}")

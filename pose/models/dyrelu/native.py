@@ -1,0 +1,100 @@
+"""The native CPU backend: ``kernels.cpp``, built on first use with
+``torch.utils.cpp_extension`` and registered as ``torch.ops.dyrelu_pose_native``.
+
+PyTorch's extension machinery does the building: its build directory and cache
+(``$TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``), its file lock, so that
+DDP ranks or a grid's workers that start together build once, its compiler detection and
+ninja. The kernels are built for this CPU's instruction set (``-march=native`` on x86-64), so
+the extension's name carries a hash of the CPU's feature flags: a home directory shared by
+different machines keeps one build each.
+
+It serves float32 and float64 on the CPU; ops.py chooses it where it applies.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import platform
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+SOURCE = Path(__file__).with_name("kernels.cpp")
+DTYPES = (torch.float32, torch.float64)
+
+
+def _cpu_signature() -> str:
+    """What -march=native depends on: the machine and, on Linux, the CPU's feature flags."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        flags = platform.processor()
+    return f"{platform.machine()} {flags}"
+
+
+def _flags(vector_math: bool) -> tuple[list[str], list[str]]:
+    cflags = ["-O3"]
+    # OpenMP: ATen's parallel_for is a header template that needs it; elsewhere (Apple's
+    # clang) the simd pragmas alone, and one thread.
+    cflags.append("-fopenmp" if platform.system() == "Linux" else "-fopenmp-simd")
+    if platform.machine() in ("x86_64", "AMD64"):
+        cflags.append("-march=native")
+    if not vector_math:
+        return cflags, ["-fopenmp"] if "-fopenmp" in cflags else []
+    # glibc's vector math library: vectorised exp in the softmax and sigmoid loops.
+    return cflags + ["-DPOSE_VECTOR_MATH"], ["-fopenmp", "-lmvec"]
+
+
+_loaded: list[str] = []  # the extension's name, once loaded
+
+
+def _load(vector_math: bool) -> None:
+    # cpp_extension logs at import that no CUDA runtime is found: nothing to do with this CPU
+    # build, and the one line a user would see of it.
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    from torch.utils import cpp_extension
+
+    cflags, ldflags = _flags(vector_math)
+    key = hashlib.sha256(f"{_cpu_signature()} {cflags} {ldflags}".encode()).hexdigest()[:12]
+    name = f"dyrelu_pose_native_{key}"
+    cpp_extension.load(name=name, sources=[str(SOURCE)], extra_cflags=cflags,
+                       extra_ldflags=ldflags, is_python_module=False, verbose=False)
+    _loaded.append(name)
+
+
+@functools.lru_cache(maxsize=None)
+def build_error() -> Optional[str]:
+    """Builds and loads the kernels once per process; None on success, else why not (the
+    first line of the compiler's or loader's complaint)."""
+    errors = []
+    for vector_math in ((True, False) if platform.system() == "Linux" else (False,)):
+        try:
+            _load(vector_math)
+            return None
+        except Exception as error:  # no compiler, no ninja, a read-only cache, ...
+            lines = [line for line in str(error).splitlines() if line.strip()]
+            errors.append(f"{type(error).__name__}: {lines[0] if lines else ''}")
+    return errors[-1]
+
+
+def supports(x: torch.Tensor, weight_dtype: torch.dtype) -> bool:
+    """Whether the kernels can take x with parameters of ``weight_dtype`` (any layout: a
+    channels_last x is made contiguous first)."""
+    return x.device.type == "cpu" and x.dtype in DTYPES and weight_dtype == x.dtype
+
+
+def forward(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, spatial_weight, spatial_bias,
+            settings: list[float]):
+    return torch.ops.dyrelu_pose_native.forward(
+        x.contiguous(), fc1_weight.contiguous(), fc1_bias, fc2_weight.contiguous(), fc2_bias,
+        spatial_weight, spatial_bias, settings)
+
+
+def backward(grad, x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, spatial_weight, context,
+             softmax, settings: list[float], input_grad: bool):
+    return torch.ops.dyrelu_pose_native.backward(
+        grad, x.contiguous(), fc1_weight.contiguous(), fc1_bias, fc2_weight.contiguous(),
+        fc2_bias, spatial_weight, context, softmax, settings, input_grad)

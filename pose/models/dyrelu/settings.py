@@ -1,0 +1,69 @@
+"""One record of a DY-ReLU layer's settings, built once per module and handed whole to every
+backend (reference, compiled, native).
+
+The record holds what the formula needs beyond the tensors; sizes (C, the hidden width, the
+number of coefficient groups) come from the tensors' shapes, so one record serves layers of
+every channel count and a compiled backend does not specialise on them.
+
+The native kernels receive the record as a list of floats (``as_floats``) in field order;
+``pose/models/dyrelu/kernels.cpp`` lists the same fields in the same order (its
+``DYRELU_SETTINGS`` macro) and refuses a list of another length.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+# How the spatial attention pi enters (variant C): "plain" has none (A, B).
+MODES = ("plain", "coefficient", "residual")
+
+
+@dataclass(frozen=True)
+class DyReLUSettings:
+    """Args:
+        k: K, the number of linear pieces.
+        channelwise: coefficients per channel (B, C) or shared by all channels (A).
+        mode: ``"plain"`` (no attention), ``"coefficient"`` (y = pi * max_k(a_k x + b_k), the
+            paper's C) or ``"residual"`` (y = max_k((alpha_k + pi da_k) x + beta_k + pi db_k)).
+        lambda_a, lambda_b: ranges of the slope and intercept residuals.
+        tau: softmax temperature of the spatial attention.
+        gamma: the attention's scale as a fraction of H*W (pi = min(gamma HW softmax, 1)).
+    """
+
+    k: int = 2
+    channelwise: bool = True
+    mode: str = "plain"
+    lambda_a: float = 1.0
+    lambda_b: float = 0.5
+    tau: float = 10.0
+    gamma: float = 1.0 / 3.0
+
+    def __post_init__(self) -> None:
+        if self.k < 1:
+            raise ValueError(f"DyReLU k must be >= 1, got {self.k}")
+        if self.mode not in MODES:
+            raise ValueError(f"DyReLU mode must be one of {MODES}, got {self.mode!r}")
+        if self.tau <= 0:
+            raise ValueError(f"DyReLU tau must be > 0, got {self.tau}")
+
+    @property
+    def spatial(self) -> bool:
+        """Whether the layer has the 1x1 spatial conv and attention (variant C)."""
+        return self.mode != "plain"
+
+    def as_floats(self) -> list[float]:
+        """The fields in order, as the native kernels and the operator's schema take them."""
+        return [float(MODES.index(v) if f.name == "mode" else v)
+                for f in dataclasses.fields(self) for v in [getattr(self, f.name)]]
+
+    @classmethod
+    def from_floats(cls, values: list[float]) -> "DyReLUSettings":
+        fields = dataclasses.fields(cls)
+        if len(values) != len(fields):
+            raise ValueError(f"DyReLUSettings takes {len(fields)} values, got {len(values)}")
+        record = {}
+        for f, v in zip(fields, values):
+            record[f.name] = (MODES[int(v)] if f.name == "mode" else
+                              int(v) if f.type in ("int", int) else
+                              bool(v) if f.type in ("bool", bool) else float(v))
+        return cls(**record)
