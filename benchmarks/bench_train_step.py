@@ -14,6 +14,11 @@ marked "compiled"), measured in the same run. Inductor keeps its DY-ReLU layers 
 registered operators pose::dyrelu_layer and its backward (pose/models/dyrelu/ops.py).
 ``--against REV`` adds, for each pairing with a DY-ReLU, the same model with that earlier
 revision's layer (rows marked "REV", benchmarks/legacy.py).
+
+``--tool-steps N`` (CPU) adds a last row: ReLU/ReLU trained for N steps through
+``tools/train.py`` itself on synthetic data (batch 16 at 96x64, data loading, logging and the
+allocator set-up included), beside this script's in-process step at that size, so that the
+benchmark and the tool cannot drift apart unseen.
 """
 from __future__ import annotations
 
@@ -99,6 +104,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--steps", type=int, default=3, help="timed steps per pairing")
+    parser.add_argument("--tool-steps", type=int, default=0,
+                        help="also train ReLU/ReLU for this many steps through tools/train.py")
     parser.add_argument("--against", metavar="REV", default="",
                         help="also run each DY-ReLU pairing with an earlier revision's layer")
     parser.add_argument("--system-malloc", action="store_true",
@@ -126,6 +133,26 @@ def main() -> None:
         marks = ("  compiled" if compiled else "") + (f"  {revision}" if revision else "")
         print(f"{backbone:>9} {head:>9} {speed:8.1f} {base[0] / speed:9.2f}x "
               f"{memory / 2**20:9.1f} {memory / base[1]:5.2f}x{marks}", flush=True)
+    if args.tool_steps:
+        compare_with_the_tool(args, device)
+
+
+def compare_with_the_tool(args, device) -> None:
+    """ReLU/ReLU at the synthetic config's size: this script's step against tools/train.py."""
+    import tempfile
+    from pathlib import Path
+
+    from bench_allocator import BATCH, train_run  # this folder
+    from pose.data.synthetic import generate
+
+    small = argparse.Namespace(**{**vars(args), "batch": BATCH, "size": [96, 64]})
+    in_process = measure([("relu", "relu", False, "")], small, device)
+    speed = in_process[("relu", "relu", False, "")][0]
+    with tempfile.TemporaryDirectory(prefix="bench-train-step-") as tmp:
+        data = generate(Path(tmp) / "data", train=args.tool_steps // 2 * BATCH, val=16, seed=0)
+        _, tool_speed, _ = train_run(data, Path(tmp) / "run", args.tool_steps, args.threads, {})
+    print(f"ReLU/ReLU at 96x64, batch {BATCH}: in-process step {speed:.1f} img/s, "
+          f"tools/train.py {tool_speed:.1f} img/s ({tool_speed / speed:.2f}x)", flush=True)
 
 
 if __name__ == "__main__":

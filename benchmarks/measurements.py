@@ -1,15 +1,15 @@
-"""What the benchmarks share: side-by-side medians on a steady allocator, and the bytes
-autograd keeps for backward."""
+"""What the benchmarks share: side-by-side medians on a steady allocator (pose/allocator.py,
+as the tools use it), and the bytes autograd keeps for backward."""
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import random
 import statistics
 import time
 from typing import Any, Callable
 
 import torch
+
+from pose.allocator import keep_freed_memory  # noqa: F401 (the benchmarks' steady allocator)
 
 
 def saved_bytes(forward: Callable[[], Any]) -> int:
@@ -24,25 +24,6 @@ def saved_bytes(forward: Callable[[], Any]) -> int:
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         forward()
     return sum(storages.values())
-
-
-def keep_freed_memory() -> bool:
-    """Make glibc keep freed memory for reuse instead of returning it to the system.
-
-    By default every large tensor is a fresh mmap, so each step pays page faults for all its
-    big buffers; on this project's VM that cost is large and erratic (one layer's time varied
-    6x between runs). Keeping freed memory makes the timings measure the computation. It
-    applies to every variant alike. Returns False where glibc's mallopt is not available.
-    """
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return False
-    try:
-        mallopt = ctypes.CDLL(name).mallopt
-    except (OSError, AttributeError):
-        return False
-    m_trim_threshold, m_mmap_max = -1, -4
-    return bool(mallopt(m_mmap_max, 0)) and bool(mallopt(m_trim_threshold, 2**30))
 
 
 def device_sync(device: torch.device) -> Callable[[], None]:

@@ -112,6 +112,7 @@ class RuntimeConfig:
     log_interval: int = 50
     channels_last: bool = False
     num_threads: int = 0  # torch CPU threads; 0 = PyTorch's default
+    keep_freed_memory: bool = True  # glibc keeps freed memory for reuse (pose/allocator.py)
 
 
 @dataclass

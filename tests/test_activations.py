@@ -122,15 +122,15 @@ def test_dyrelu_a_coefficients_are_shared_across_channels():
                                              ("c", "residual")])
 def test_dyrelu_with_relu_init_equals_relu_exactly(variant, spatial, backend):
     torch.manual_seed(3)
-    module = dyrelu(16, backend, variant=variant, init="relu", spatial=spatial)
-    x = torch.randn(2, 16, 7, 5)
+    module = dyrelu(16, backend, variant=variant, init="relu", spatial=spatial).double()
+    x = torch.randn(2, 16, 7, 5, dtype=torch.float64)
     assert torch.equal(module(x), nn.ReLU()(x))
 
 
 def test_dyrelu_c_with_relu_init_is_relu_scaled_by_uniform_attention(backend):
-    module = dyrelu(16, backend, variant="c", init="relu")
+    module = dyrelu(16, backend, variant="c", init="relu").double()
     nn.init.zeros_(module.spatial_conv.weight)
-    x = torch.randn(2, 16, 6, 6)
+    x = torch.randn(2, 16, 6, 6, dtype=torch.float64)
     torch.testing.assert_close(module(x), torch.relu(x) / 3)  # pi = min(HW/3 * 1/HW, 1)
 
 
@@ -161,8 +161,8 @@ def test_dyrelu_parameter_gradients_without_an_input_gradient_match_reference(va
 
 @pytest.mark.parametrize("variant,spatial", CASES)
 def test_dyrelu_saves_no_k_sized_tensor_for_backward(variant, spatial, backend):
-    module = dyrelu(16, backend, variant=variant, k=3, reduction=2, spatial=spatial)
-    x = torch.randn(4, 16, 16, 12, requires_grad=True)
+    module = dyrelu(16, backend, variant=variant, k=3, reduction=2, spatial=spatial).double()
+    x = torch.randn(4, 16, 16, 12, dtype=torch.float64, requires_grad=True)
     saved = []
 
     def pack(t):
@@ -179,9 +179,9 @@ def test_dyrelu_saves_no_k_sized_tensor_for_backward(variant, spatial, backend):
 
 
 def test_dyrelu_gradients_skip_frozen_parameters(backend):
-    module = randomised(dyrelu(6, backend, variant="c", reduction=2))
+    module = randomised(dyrelu(6, backend, variant="c", reduction=2)).double()
     module.fc1.requires_grad_(False)
-    x = torch.randn(2, 6, 4, 4, requires_grad=True)
+    x = torch.randn(2, 6, 4, 4, dtype=torch.float64, requires_grad=True)
     module(x).sum().backward()
     assert module.fc1.weight.grad is None and module.fc2.weight.grad is not None
     assert module.spatial_conv.weight.grad is not None and x.grad is not None
@@ -189,8 +189,9 @@ def test_dyrelu_gradients_skip_frozen_parameters(backend):
 
 @pytest.mark.parametrize("variant", ["b", "c"])
 def test_dyrelu_keeps_channels_last(variant, backend):
-    module = dyrelu(8, backend, variant=variant, reduction=2)
-    x = torch.randn(2, 8, 6, 4).to(memory_format=torch.channels_last).requires_grad_()
+    module = dyrelu(8, backend, variant=variant, reduction=2).double()
+    x = torch.randn(2, 8, 6, 4, dtype=torch.float64)
+    x = x.to(memory_format=torch.channels_last).requires_grad_()
     y = module(x)
     y.sum().backward()
     assert y.is_contiguous(memory_format=torch.channels_last)
@@ -241,12 +242,14 @@ def test_settings_round_trip_through_the_float_list():
     assert DyReLUSettings.from_floats(settings.as_floats()) == settings
 
 
-def test_native_kernels_refuse_a_settings_list_of_another_length():
+def test_native_kernels_name_a_missing_setting():
     assert native.build_error() is None
     module = dyrelu(4, "native", reduction=2)
-    with pytest.raises(RuntimeError, match="settings list has 6 values"):
+    settings = dict(module.settings.as_kernel_dict)
+    del settings["tau"]
+    with pytest.raises(RuntimeError, match="the settings have no 'tau'"):
         torch.ops.dyrelu_pose_native.forward(torch.randn(1, 4, 2, 2), *module._weights(),
-                                             module._settings_floats[:-1])
+                                             settings)
 
 
 @pytest.mark.parametrize("variant", ["a", "b", "c"])
@@ -282,8 +285,8 @@ def test_compiled_backend_compiles_once_for_every_channel_count(variant):
     # Per-layer recompiles would hit dynamo's recompile limit in a real model (MobileNetV2
     # has a dozen channel counts) and fall back to slow eager kernels.
     def run(channels):
-        module = dyrelu(channels, "compiled", variant=variant, reduction=2)
-        x = torch.randn(2, channels, 6, 5, requires_grad=True)
+        module = dyrelu(channels, "compiled", variant=variant, reduction=2).double()
+        x = torch.randn(2, channels, 6, 5, dtype=torch.float64, requires_grad=True)
         module(x).sum().backward()
         with torch.no_grad():
             module(x)
@@ -333,8 +336,9 @@ def test_compiled_backend_shares_graphs_across_training_inference_eager_and_comp
     # it would run eagerly for good. Inference after training, and a compiled model after an
     # eager one, must not add graphs (compiled._detached, _below_autograd).
     torch.manual_seed(8)
-    model = _EveryVariant()
-    inputs = [torch.randn(2, 3, 6, 5), torch.randn(2, 3, 80, 64)]  # H*W = 30 and 5120
+    model = _EveryVariant().double()
+    inputs = [torch.randn(2, 3, 6, 5, dtype=torch.float64),  # H*W = 30 and 5120
+              torch.randn(2, 3, 80, 64, dtype=torch.float64)]
     for x in inputs:
         model(x).sum().backward()
     trained = _compiled_graph_counts()
@@ -352,24 +356,22 @@ def test_compiled_backend_shares_graphs_across_training_inference_eager_and_comp
 
 @pytest.mark.parametrize("variant,spatial", CASES)
 @pytest.mark.parametrize("k", [2, 4])  # K = 2 runs the loops specialised for it; 4 the general
-def test_native_and_compiled_backends_agree_in_float32(variant, spatial, k):
+def test_native_backend_agrees_with_the_reference_in_float32(variant, spatial, k):
     # H*W = 63: the kernels' 16-wide partial sums and their scalar tails both run. The sizes
     # are above those at which the kernels share a layer's samples, and (for B and C) the
     # parameter gradients' rows, between threads.
     assert native.build_error() is None, "native kernels did not build"
     torch.manual_seed(9)
-    module = randomised(dyrelu(24, variant=variant, k=k, reduction=1.5, spatial=spatial))
-    x = torch.randn(24, 24, 7, 9)
+    module = randomised(dyrelu(24, "native", variant=variant, k=k, reduction=1.5,
+                               spatial=spatial))
+    x = torch.randn(24, 24, 7, 9, requires_grad=True)
     grad = torch.randn_like(x)
-    results = {}
-    for backend in FAST_BACKENDS:
-        module.backend, module._backends = backend, {}
-        inputs = x.clone().requires_grad_()
-        y = module(inputs)
-        params = [inputs, *module.parameters()]
-        results[backend] = (y, *torch.autograd.grad(y, params, grad))
-    for native_result, compiled_result in zip(results["native"], results["compiled"]):
-        torch.testing.assert_close(native_result, compiled_result, atol=1e-4, rtol=1e-4)
+    params = [x, *module.parameters()]
+    expected_y = reference_dyrelu(module, x)
+    expected = (expected_y, *torch.autograd.grad(expected_y, params, grad))
+    y = module(x)
+    for actual, wanted in zip((y, *torch.autograd.grad(y, params, grad)), expected):
+        torch.testing.assert_close(actual, wanted, atol=1e-4, rtol=1e-4)
 
 
 def test_auto_backend_is_resolved_once_per_device_and_dtype_and_logged(caplog):
@@ -429,12 +431,13 @@ def test_a_compile_failure_warns_and_uses_the_reference_backend(monkeypatch):
 
 
 def test_errors_at_run_time_propagate_and_change_no_backend(backend):
-    module = dyrelu(6, backend, reduction=2)
-    module(torch.randn(2, 6, 3, 3))
+    module = dyrelu(6, backend, reduction=2).double()
+    x = torch.randn(2, 6, 3, 3, dtype=torch.float64)
+    module(x)
     with pytest.raises(RuntimeError):
-        module(torch.randn(2, 5, 3, 3))  # wrong channel count
-    assert module._backends == {(torch.device("cpu"), torch.float32, torch.float32): backend}
-    module(torch.randn(2, 6, 3, 3))
+        module(x[:, :5])  # wrong channel count
+    assert module._backends == {(torch.device("cpu"), torch.float64, torch.float64): backend}
+    module(x)
 
 
 def test_the_native_kernels_build_through_cpp_extension_into_its_cache():

@@ -21,6 +21,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <string>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -43,26 +44,16 @@ static inline double exp_of(double v) { return exp(v); }
 
 namespace {
 
-// The settings record (settings.py's DyReLUSettings), as a list of floats in this order.
-#define DYRELU_SETTINGS(X) X(k) X(channelwise) X(mode) X(lambda_a) X(lambda_b) X(tau) X(gamma)
+// The settings record (settings.py's DyReLUSettings) arrives as a dict of floats, each read
+// by name where it is used: a field that this file does not use needs nothing here.
+using SettingsDict = c10::Dict<std::string, double>;
 
-struct Settings {
-#define FIELD(name) double name;
-    DYRELU_SETTINGS(FIELD)
-#undef FIELD
-    explicit Settings(c10::ArrayRef<double> values) {
-        int i = 0;
-#define COUNT(name) +1
-        TORCH_CHECK(values.size() == 0 DYRELU_SETTINGS(COUNT),
-                    "dyrelu_pose_native: the settings list has ", values.size(),
-                    " values; this build expects ", 0 DYRELU_SETTINGS(COUNT),
-                    " (rebuild: settings.py and kernels.cpp disagree)");
-#undef COUNT
-#define READ(name) name = values[i++];
-        DYRELU_SETTINGS(READ)
-#undef READ
-    }
-};
+double setting(const SettingsDict &settings, const char *name) {
+    auto found = settings.find(name);
+    TORCH_CHECK(found != settings.end(), "dyrelu_pose_native: the settings have no '", name,
+                "' (settings.py and kernels.cpp disagree)");
+    return found->value();
+}
 
 enum { MODE_PLAIN = 0, MODE_COEFFICIENT = 1, MODE_RESIDUAL = 2 };
 constexpr long LANES = 16;  // partial sums per loop, so that sums vectorise
@@ -586,15 +577,15 @@ template <typename real>
 Layer<real> make_layer(const at::Tensor &x, const at::Tensor &fc1_weight,
                        const at::Tensor &fc1_bias, const at::Tensor &fc2_weight,
                        const at::Tensor &fc2_bias, const at::Tensor &spatial_weight,
-                       const at::Tensor &spatial_bias, const Settings &s) {
+                       const at::Tensor &spatial_bias, const SettingsDict &s) {
     auto ptr = [](const at::Tensor &t) { return t.defined() ? t.data_ptr<real>() : nullptr; };
     Layer<real> l;
     l.n = x.size(0);
     l.c = x.size(1);
     l.hw = x.size(2) * x.size(3);
     l.hidden = fc1_weight.size(0);
-    l.groups = s.channelwise ? l.c : 1;
-    l.k = long(s.k);
+    l.groups = setting(s, "channelwise") != 0 ? l.c : 1;
+    l.k = long(setting(s, "k"));
     TORCH_CHECK(fc2_weight.size(0) == l.groups * 2 * l.k,
                 "dyrelu_pose_native: fc2 has ", fc2_weight.size(0), " outputs, expected ",
                 l.groups * 2 * l.k);
@@ -604,11 +595,11 @@ Layer<real> make_layer(const at::Tensor &x, const at::Tensor &fc1_weight,
     l.fc2_bias = ptr(fc2_bias);
     l.spatial_weight = ptr(spatial_weight);
     l.spatial_bias = ptr(spatial_bias);
-    l.lambda_a = real(s.lambda_a);
-    l.lambda_b = real(s.lambda_b);
-    l.tau = real(s.tau);
-    l.gamma = real(s.gamma);
-    l.mode = int(s.mode);
+    l.lambda_a = real(setting(s, "lambda_a"));
+    l.lambda_b = real(setting(s, "lambda_b"));
+    l.tau = real(setting(s, "tau"));
+    l.gamma = real(setting(s, "gamma"));
+    l.mode = int(setting(s, "mode"));
     TORCH_CHECK((l.mode == MODE_PLAIN) == (l.spatial_weight == nullptr),
                 "dyrelu_pose_native: the spatial conv is given exactly in the attention modes");
     return l;
@@ -620,10 +611,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward(
     const at::Tensor &x, const at::Tensor &fc1_weight, const at::Tensor &fc1_bias,
     const at::Tensor &fc2_weight, const at::Tensor &fc2_bias,
     const std::optional<at::Tensor> &spatial_weight, const std::optional<at::Tensor> &spatial_bias,
-    c10::ArrayRef<double> settings) {
+    const SettingsDict &s) {
     at::Tensor sw = spatial_weight.value_or(at::Tensor()), sb = spatial_bias.value_or(at::Tensor());
     check_inputs(x, {&fc1_weight, &fc1_bias, &fc2_weight, &fc2_bias, &sw, &sb});
-    Settings s(settings);
     long n = x.size(0), hw = x.size(2) * x.size(3);
     at::Tensor y = at::empty_like(x), context = at::empty({n, x.size(1)}, x.options());
     at::Tensor softmax = at::empty({sw.defined() ? n : 0, sw.defined() ? hw : 0}, x.options());
@@ -648,11 +638,10 @@ std::vector<at::Tensor> backward(const at::Tensor &grad_y, const at::Tensor &x,
                                  const at::Tensor &fc2_weight, const at::Tensor &fc2_bias,
                                  const std::optional<at::Tensor> &spatial_weight,
                                  const at::Tensor &context, const at::Tensor &softmax,
-                                 c10::ArrayRef<double> settings, bool input_grad) {
+                                 const SettingsDict &s, bool input_grad) {
     at::Tensor grad = grad_y.contiguous(), sw = spatial_weight.value_or(at::Tensor());
     check_inputs(x, {&grad, &fc1_weight, &fc1_bias, &fc2_weight, &fc2_bias, &sw, &context,
                      &softmax});
-    Settings s(settings);
     bool spatial = sw.defined();
     at::Tensor grad_x = input_grad ? at::empty_like(x) : at::empty({0}, x.options());
     std::vector<at::Tensor> grads = {grad_x,
@@ -685,11 +674,12 @@ std::vector<at::Tensor> backward(const at::Tensor &grad_y, const at::Tensor &x,
 
 TORCH_LIBRARY(dyrelu_pose_native, m) {
     m.def("forward(Tensor x, Tensor fc1_weight, Tensor fc1_bias, Tensor fc2_weight, "
-          "Tensor fc2_bias, Tensor? spatial_weight, Tensor? spatial_bias, float[] settings) "
+          "Tensor fc2_bias, Tensor? spatial_weight, Tensor? spatial_bias, "
+          "Dict(str, float) settings) "
           "-> (Tensor, Tensor, Tensor)");
     m.def("backward(Tensor grad, Tensor x, Tensor fc1_weight, Tensor fc1_bias, "
           "Tensor fc2_weight, Tensor fc2_bias, Tensor? spatial_weight, Tensor context, "
-          "Tensor softmax, float[] settings, bool input_grad) -> Tensor[]");
+          "Tensor softmax, Dict(str, float) settings, bool input_grad) -> Tensor[]");
 }
 
 TORCH_LIBRARY_IMPL(dyrelu_pose_native, CPU, m) {

@@ -21,6 +21,8 @@ from typing import Optional
 
 import torch
 
+from pose.models.dyrelu.settings import DyReLUSettings
+
 SOURCE = Path(__file__).with_name("kernels.cpp")
 DTYPES = (torch.float32, torch.float64)
 
@@ -51,10 +53,12 @@ def _flags(vector_math: bool) -> tuple[list[str], list[str]]:
 _loaded: list[str] = []  # the extension's name, once loaded
 
 
+# cpp_extension (imported here and by inductor) logs at import that no CUDA runtime is found
+# on a machine without a GPU: nothing to do with a CPU run, and the first line a user sees.
+logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+
+
 def _load(vector_math: bool) -> None:
-    # cpp_extension logs at import that no CUDA runtime is found: nothing to do with this CPU
-    # build, and the one line a user would see of it.
-    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     from torch.utils import cpp_extension
 
     cflags, ldflags = _flags(vector_math)
@@ -87,14 +91,14 @@ def supports(x: torch.Tensor, weight_dtype: torch.dtype) -> bool:
 
 
 def forward(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, spatial_weight, spatial_bias,
-            settings: list[float]):
+            settings: DyReLUSettings):
     return torch.ops.dyrelu_pose_native.forward(
         x.contiguous(), fc1_weight.contiguous(), fc1_bias, fc2_weight.contiguous(), fc2_bias,
-        spatial_weight, spatial_bias, settings)
+        spatial_weight, spatial_bias, settings.as_kernel_dict)
 
 
 def backward(grad, x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, spatial_weight, context,
-             softmax, settings: list[float], input_grad: bool):
+             softmax, settings: DyReLUSettings, input_grad: bool):
     return torch.ops.dyrelu_pose_native.backward(
         grad, x.contiguous(), fc1_weight.contiguous(), fc1_bias, fc2_weight.contiguous(),
-        fc2_bias, spatial_weight, context, softmax, settings, input_grad)
+        fc2_bias, spatial_weight, context, softmax, settings.as_kernel_dict, input_grad)

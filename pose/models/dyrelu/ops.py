@@ -49,23 +49,21 @@ def _record(settings: tuple[float, ...]) -> DyReLUSettings:
     return DyReLUSettings.from_floats(list(settings))
 
 
+_IMPLEMENTATIONS = {"native": native, "compiled": compiled}
+
+
 def _forward(backend: str, x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, spatial_weight,
              spatial_bias, settings: list[float]):
-    if backend == "native":
-        return native.forward(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, spatial_weight,
-                              spatial_bias, settings)
-    return compiled.forward(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, spatial_weight,
-                            spatial_bias, _record(tuple(settings)))
+    return _IMPLEMENTATIONS[backend].forward(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias,
+                                             spatial_weight, spatial_bias,
+                                             _record(tuple(settings)))
 
 
 def _backward(backend: str, grad, x, fc1_weight, fc1_bias, fc2_weight, fc2_bias,
               spatial_weight, context, softmax, settings: list[float], input_grad: bool):
-    if backend == "native":
-        return native.backward(grad, x, fc1_weight, fc1_bias, fc2_weight, fc2_bias,
-                               spatial_weight, context, softmax, settings, input_grad)
-    return compiled.backward(grad, x, fc1_weight, fc1_bias, fc2_weight, fc2_bias,
-                             spatial_weight, context, softmax, _record(tuple(settings)),
-                             input_grad)
+    return _IMPLEMENTATIONS[backend].backward(grad, x, fc1_weight, fc1_bias, fc2_weight,
+                                              fc2_bias, spatial_weight, context, softmax,
+                                              _record(tuple(settings)), input_grad)
 
 
 def _like(x: Tensor, result: Tensor) -> Tensor:

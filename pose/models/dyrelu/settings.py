@@ -5,13 +5,14 @@ The record holds what the formula needs beyond the tensors; sizes (C, the hidden
 number of coefficient groups) come from the tensors' shapes, so one record serves layers of
 every channel count and a compiled backend does not specialise on them.
 
-The native kernels receive the record as a list of floats (``as_floats``) in field order;
-``pose/models/dyrelu/kernels.cpp`` lists the same fields in the same order (its
-``DYRELU_SETTINGS`` macro) and refuses a list of another length.
+The operator's schema carries the record as a list of floats in field order (``as_floats``);
+the native kernels get it as a dict of floats by field name (``as_kernel_dict``) and read each
+field where they use it.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 
 # How the spatial attention pi enters (variant C): "plain" has none (A, B).
@@ -55,6 +56,11 @@ class DyReLUSettings:
         """The fields in order, as the native kernels and the operator's schema take them."""
         return [float(MODES.index(v) if f.name == "mode" else v)
                 for f in dataclasses.fields(self) for v in [getattr(self, f.name)]]
+
+    @functools.cached_property
+    def as_kernel_dict(self) -> dict[str, float]:
+        """{field: value} as floats, the mode as its index in MODES (built once)."""
+        return {f.name: v for f, v in zip(dataclasses.fields(self), self.as_floats())}
 
     @classmethod
     def from_floats(cls, values: list[float]) -> "DyReLUSettings":
