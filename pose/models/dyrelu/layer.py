@@ -10,6 +10,7 @@ from pose.models.dyrelu import ops, reference
 from pose.models.dyrelu.settings import DyReLUSettings
 
 _plain_operators = False
+_is_exporting = getattr(torch.compiler, "is_exporting", lambda: False)  # torch >= 2.5
 
 
 @contextlib.contextmanager
@@ -28,8 +29,8 @@ def plain_operators():
 def _tracing() -> bool:
     """Exporters and operator counters get the reference. torch.export (and the ONNX
     exporter built on it) sets is_exporting; the TorchScript ONNX exporter and jit.trace set
-    is_tracing."""
-    return _plain_operators or torch.compiler.is_exporting() or torch.jit.is_tracing()
+    is_tracing (torch 2.4 has no is_exporting: there torch.export keeps the operator)."""
+    return _plain_operators or _is_exporting() or torch.jit.is_tracing()
 
 
 class DyReLU(nn.Module):

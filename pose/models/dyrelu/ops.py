@@ -128,6 +128,13 @@ def _layer_backward_fake(grad, x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, sp
             torch.empty_like(fc2_weight), torch.empty_like(fc2_bias), *spatial]
 
 
+def _plain(t: Tensor) -> bool:
+    """A real tensor, not one being traced (by AOTAutograd, under torch.compile): eager calls
+    run the implementation directly, saving a second trip through the dispatcher; traced
+    calls go through the operator, which the graph keeps whole."""
+    return type(t) is Tensor
+
+
 class _LayerFunction(torch.autograd.Function):
     """The forward operator's autograd: calls it below autograd and saves x plus 1/C of it (the
     parameters are held as the module holds them)."""
@@ -135,10 +142,13 @@ class _LayerFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, spatial_weight,
                 spatial_bias, settings, backend):
-        with torch._C._AutoDispatchBelowAutograd():
-            y, context, softmax = torch.ops.pose.dyrelu_layer(
-                x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, spatial_weight, spatial_bias,
-                settings, backend)
+        inputs = (x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, spatial_weight, spatial_bias,
+                  settings, backend)
+        if _plain(x):
+            y, context, softmax = _layer(*inputs)
+        else:
+            with torch._C._AutoDispatchBelowAutograd():
+                y, context, softmax = torch.ops.pose.dyrelu_layer(*inputs)
         ctx.mark_non_differentiable(context, softmax)
         ctx.save_for_backward(x, spatial_weight, context, softmax)
         ctx.weights = (fc1_weight, fc1_bias, fc2_weight, fc2_bias)
@@ -150,9 +160,10 @@ class _LayerFunction(torch.autograd.Function):
     def backward(ctx, grad_y, _grad_context, _grad_softmax):
         x, spatial_weight, context, softmax = ctx.saved_tensors
         needs = ctx.needs_input_grad
-        grads = torch.ops.pose.dyrelu_layer_backward(
-            grad_y, x, *ctx.weights, spatial_weight, context, softmax, ctx.settings,
-            ctx.backend, needs[0])
+        inputs = (grad_y, x, *ctx.weights, spatial_weight, context, softmax, ctx.settings,
+                  ctx.backend, needs[0])
+        grads = (_layer_backward if _plain(grad_y) else
+                 torch.ops.pose.dyrelu_layer_backward)(*inputs)
         # Gradients of x, fc1, fc2 and the 1x1 conv (inputs 0-6); none for the rest.
         return (*(g if need else None for g, need in zip(grads, needs)), None, None)
 
