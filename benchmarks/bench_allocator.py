@@ -7,7 +7,8 @@ Runs a short synthetic ReLU/ReLU training (the tool itself, as a user runs it) w
   where their libraries are installed (Debian: libjemalloc2, libtcmalloc-minimal4).
 The runs take turns, ``--rounds`` times each, so that a slow spell of the machine hits all
 alike. Prints per setting the median wall time, the training img/s from the run's log and
-the main process's peak RSS (DataLoader workers not included), and checks that every
+the main process's peak RSS and minor page faults (DataLoader workers not included), and
+checks that every
 setting's final weights are bit-identical to the default's.
 
     python benchmarks/bench_allocator.py [--steps 200] [--rounds 2] [--threads 2]
@@ -42,7 +43,8 @@ def settings() -> dict[str, dict[str, str]]:
 
 
 def train_run(data: Path, work: Path, steps: int, threads: int, env: dict[str, str]):
-    """(wall seconds, img/s of training, peak RSS in MiB) of one tools/train.py run."""
+    """(wall seconds, img/s of training, peak RSS in MiB, page faults in thousands) of one
+    tools/train.py run."""
     epochs = 2
     command = [sys.executable, str(ROOT / "tools/train.py"), "--config", str(CONFIG),
                "--work-dir", str(work), "--set", f"data.root={data}",
@@ -58,7 +60,7 @@ def train_run(data: Path, work: Path, steps: int, threads: int, env: dict[str, s
         raise SystemExit(f"training failed ({env}): {process.stderr.read().decode()[-2000:]}")
     records = [json.loads(line) for line in (work / "log.jsonl").read_text().splitlines()]
     speeds = [r["img_per_s"] for r in records if r["kind"] == "epoch"]
-    return seconds, statistics.mean(speeds), usage.ru_maxrss / 1024
+    return seconds, statistics.mean(speeds), usage.ru_maxrss / 1024, usage.ru_minflt / 1000
 
 
 def weights(work: Path) -> dict[str, torch.Tensor]:
@@ -75,7 +77,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="bench-allocator-") as tmp:
         data = generate(Path(tmp) / "data", train=args.steps // 2 * BATCH, val=32, seed=0)
-        results: dict[str, list[tuple[float, float, float]]] = {}
+        results: dict[str, list[tuple[float, float, float, float]]] = {}
         final = {}
         for round_ in range(args.rounds):
             for name, env in settings().items():
@@ -86,16 +88,17 @@ def main() -> None:
         print(f"{args.steps} steps of batch {BATCH} at 96x64, ReLU/ReLU, {args.threads} "
               f"threads, {args.rounds} rounds, torch {torch.__version__}")
         print(f"{'allocator':>10} {'wall s':>8} {'x default':>9} {'img/s':>7} {'peak RSS MiB':>13} "
-              f"{'x default':>9} {'weights':>10}")
+              f"{'x default':>9} {'faults k':>9} {'weights':>10}")
         base = statistics.median(r[0] for r in results["default"])
         base_rss = statistics.median(r[2] for r in results["default"])
         for name, runs in results.items():
             wall = statistics.median(r[0] for r in runs)
             speed = statistics.median(r[1] for r in runs)
             rss = statistics.median(r[2] for r in runs)
+            faults = statistics.median(r[3] for r in runs)
             same = all(torch.equal(final[name][k], v) for k, v in final["default"].items())
             print(f"{name:>10} {wall:8.1f} {wall / base:8.2f}x {speed:7.1f} {rss:13.0f} "
-                  f"{rss / base_rss:8.2f}x {'identical' if same else 'DIFFERENT':>10}")
+                  f"{rss / base_rss:8.2f}x {faults:9.0f} {'identical' if same else 'DIFFERENT':>10}")
 
 
 if __name__ == "__main__":
