@@ -115,7 +115,7 @@ def main() -> None:
                         help="also time an earlier revision's layer (benchmarks/legacy.py), "
                              "e.g. 8a0c83b: column ours/old")
     parser.add_argument("--system-malloc", action="store_true",
-                        help="leave glibc's default of returning freed memory (measurements.py)")
+                        help="leave glibc's default of returning freed memory (pose/allocator.py)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     steady = not args.system_malloc and keep_freed_memory()

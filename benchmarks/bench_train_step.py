@@ -109,7 +109,7 @@ def main() -> None:
     parser.add_argument("--against", metavar="REV", default="",
                         help="also run each DY-ReLU pairing with an earlier revision's layer")
     parser.add_argument("--system-malloc", action="store_true",
-                        help="leave glibc's default of returning freed memory (measurements.py)")
+                        help="leave glibc's default of returning freed memory (pose/allocator.py)")
     parser.add_argument("--pairs", default=None,
                         help="backbone/head pairs to run (default: all 16, then prelu/prelu); "
                              "the first is the baseline of the ratios")
