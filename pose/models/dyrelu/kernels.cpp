@@ -70,6 +70,19 @@ struct Layer {
     int mode;
 };
 
+// Sizes one block of memory for N arrays and points each slot at its part.
+template <typename real, int N>
+void carve(std::vector<real> &block, real **const (&slots)[N], const long (&sizes)[N]) {
+    long total = 0;
+    for (long size : sizes) total += size;
+    block.resize(total);
+    real *p = block.data();
+    for (int i = 0; i < N; i++) {
+        *slots[i] = p;
+        p += sizes[i];
+    }
+}
+
 // Per-thread work space for one sample.
 template <typename real>
 struct Scratch {
@@ -77,17 +90,10 @@ struct Scratch {
     real *hidden, *sig, *a, *b, *logits, *pi, *grad_pi, *grad_context, *grad_hidden, *discard;
     explicit Scratch(const Layer<real> &l) {
         long m = l.groups * 2 * l.k, gk = l.groups * l.k;
-        long sizes[10] = {l.hidden, m, gk, gk, l.hw, l.hw, l.hw, l.c, l.hidden, l.hw};
-        real **slots[10] = {&hidden, &sig, &a, &b, &logits, &pi, &grad_pi, &grad_context,
+        const long sizes[10] = {l.hidden, m, gk, gk, l.hw, l.hw, l.hw, l.c, l.hidden, l.hw};
+        real **const slots[10] = {&hidden, &sig, &a, &b, &logits, &pi, &grad_pi, &grad_context,
                             &grad_hidden, &discard};
-        long total = 0;
-        for (long s : sizes) total += s;
-        block.resize(total);
-        real *p = block.data();
-        for (int i = 0; i < 10; i++) {
-            *slots[i] = p;
-            p += sizes[i];
-        }
+        carve(block, slots, sizes);
     }
 };
 
@@ -411,17 +417,10 @@ struct PerSample {
     explicit PerSample(const Layer<real> &l) {
         bool spatial = l.spatial_weight != nullptr;
         long n = l.n, m = l.groups * 2 * l.k;
-        long sizes[5] = {n * m, n * l.hidden, n * l.hidden, spatial ? n * l.hw : 0,
+        const long sizes[5] = {n * m, n * l.hidden, n * l.hidden, spatial ? n * l.hw : 0,
                          spatial ? n * l.c : 0};
-        real **slots[5] = {&grad_fc2_out, &grad_fc1_out, &hidden, &grad_logits, &grad_spatial};
-        long total = 0;
-        for (long s : sizes) total += s;
-        block.resize(total);
-        real *p = block.data();
-        for (int i = 0; i < 5; i++) {
-            *slots[i] = p;
-            p += sizes[i];
-        }
+        real **const slots[5] = {&grad_fc2_out, &grad_fc1_out, &hidden, &grad_logits, &grad_spatial};
+        carve(block, slots, sizes);
     }
 };
 
