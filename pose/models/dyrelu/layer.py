@@ -91,25 +91,12 @@ class DyReLU(nn.Module):
             nn.init.zeros_(self.fc2.weight)
             nn.init.zeros_(self.fc2.bias)
 
-    @property
-    def k(self) -> int:
-        return self.settings.k
-
-    @property
-    def lambda_a(self) -> float:
-        return self.settings.lambda_a
-
-    @property
-    def lambda_b(self) -> float:
-        return self.settings.lambda_b
-
-    @property
-    def tau(self) -> float:
-        return self.settings.tau
-
-    @property
-    def gamma(self) -> float:
-        return self.settings.gamma
+    # The record's fields, read as the module's attributes.
+    k = property(lambda self: self.settings.k)
+    lambda_a = property(lambda self: self.settings.lambda_a)
+    lambda_b = property(lambda self: self.settings.lambda_b)
+    tau = property(lambda self: self.settings.tau)
+    gamma = property(lambda self: self.settings.gamma)
 
     def _weights(self):
         conv = getattr(self, "spatial_conv", None)
