@@ -61,6 +61,11 @@ class DataConfig:
     input_size: list[int] = field(default_factory=lambda: [256, 192])  # crop (height, width)
     heatmap_stride: int = 4
     sigma: float = 2.0
+    # Conventions of the paper's code base (SimpleBaselines/HRNet) by default; README,
+    # "Fidelity to the reference pipeline". unbiased: Gaussians at the exact sub-pixel position.
+    target_encoding: str = "reference"  # reference | unbiased
+    crop_geometry: str = "reference"  # reference (box centre -> W/2) | centred (-> (W-1)/2)
+    clip_detection_boxes: bool = False  # the reference crops from the detector's raw box
     padding: float = 1.25  # box enlargement before cropping
     flip_prob: float = 0.5
     half_body_prob: float = 0.3
@@ -99,7 +104,7 @@ class EvalConfig:
     use_gt_boxes: bool = False  # False: data.det_file boxes
     flip_test: bool = True
     shift_heatmap: bool = True
-    decode: str = "quarter"  # quarter | dark
+    decode: str = "quarter"  # quarter (reference border rule) | quarter_per_axis | dark
     keypoint_score_threshold: float = 0.2  # rescoring: mean of keypoint scores above this
     oks_nms_threshold: float = 0.9
 
@@ -138,7 +143,9 @@ CHOICES = {
     "model.type": ("pose", "classifier"),
     "train.optimizer": ("adam", "adamw", "sgd"),
     "train.amp": ("none", "fp16", "bf16"),
-    "eval.decode": ("quarter", "dark"),
+    "data.target_encoding": ("reference", "unbiased"),
+    "data.crop_geometry": ("reference", "centred"),
+    "eval.decode": ("quarter", "quarter_per_axis", "dark"),
     "runtime.device": ("auto", "cpu", "cuda"),
 }
 

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import torch
 
-from pose.data.coco import clip_box, normalize, read_detection_file
+from pose.data.coco import detection_box, normalize, read_detection_file
 from pose.data.heatmap import HeatmapCodec
 from pose.data.transforms import box_to_center_scale, crop_matrix, invert_affine, warp
 from pose.engine.inference import HeatmapFn, predict
@@ -108,17 +108,20 @@ class TorchvisionPersonDetector:
 
 
 def person_crops(image: np.ndarray, boxes: Sequence[tuple[list[float], float]],
-                 codec: HeatmapCodec, image_id: int, padding: float = 1.25) -> list[dict]:
-    """One evaluation-style sample per box, as TopDownCocoDataset would give it (boxes
-    clipped to the image first; one with nothing inside the image is dropped)."""
+                 codec: HeatmapCodec, image_id: int, padding: float = 1.25,
+                 crop_geometry: str = "reference", clip_boxes: bool = False) -> list[dict]:
+    """One evaluation-style sample per box, as TopDownCocoDataset would give it for detector
+    boxes (``clip_boxes`` and ``crop_geometry`` as its ``clip_detection_boxes`` and
+    ``crop_geometry``); a box without area, or with nothing in the image once clipped, is
+    dropped."""
     height, width = codec.input_size
     samples = []
     for index, (box, score) in enumerate(boxes):
-        box = clip_box(box, image.shape[1], image.shape[0])
+        box = detection_box(box, image.shape[1], image.shape[0], clip_boxes)
         if box is None:
             continue
         center, scale = box_to_center_scale(box, width / height, padding)
-        matrix = crop_matrix(center, scale, 0.0, (width, height))
+        matrix = crop_matrix(center, scale, 0.0, (width, height), geometry=crop_geometry)
         samples.append({"image": normalize(warp(image, matrix, (width, height))),
                         "inv_matrix": torch.from_numpy(invert_affine(matrix)),
                         "image_id": image_id, "score": score,
@@ -129,9 +132,10 @@ def person_crops(image: np.ndarray, boxes: Sequence[tuple[list[float], float]],
 def predict_people(heatmap_fn: HeatmapFn, image: np.ndarray,
                    boxes: Sequence[tuple[list[float], float]], codec: HeatmapCodec,
                    image_id: int, batch_size: int = 32, nms_threshold: Optional[float] = 0.9,
-                   keypoint_score_threshold: float = 0.2) -> list[dict]:
+                   keypoint_score_threshold: float = 0.2, padding: float = 1.25,
+                   crop_geometry: str = "reference", clip_boxes: bool = False) -> list[dict]:
     """COCO keypoint results for the people in ``boxes`` of one image."""
-    samples = person_crops(image, boxes, codec, image_id)
+    samples = person_crops(image, boxes, codec, image_id, padding, crop_geometry, clip_boxes)
     if not samples:
         return []
     loader = torch.utils.data.DataLoader(samples, batch_size=batch_size)

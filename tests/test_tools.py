@@ -133,7 +133,8 @@ def test_browse_dataset_writes_crops_with_targets(synthetic_data, tmp_path):
     assert crop.shape == (96, 2 * 64, 3)  # the crop beside its target heatmaps
 
 
-def test_demo_crops_boxes_like_the_dataset():
+@pytest.mark.parametrize("clip", [False, True])
+def test_demo_crops_boxes_like_the_dataset(clip):
     from pose.data.coco import clip_box
     from pose.data.heatmap import HeatmapCodec
     from pose.data.transforms import box_to_center_scale, crop_matrix, invert_affine
@@ -142,10 +143,15 @@ def test_demo_crops_boxes_like_the_dataset():
     codec = HeatmapCodec((64, 48))
     image = np.zeros((100, 80, 3), dtype=np.uint8)
     inside, overhanging, outside = [10, 20, 30, 40], [60, -10, 50, 60], [200, 200, 10, 10]
-    samples = person_crops(image, [(inside, 0.9), (overhanging, 0.8), (outside, 0.7)], codec, 5)
-    assert [s["index"] for s in samples] == [0, 1]  # the box outside the image is dropped
-    for sample, box in zip(samples, (inside, overhanging)):
-        center, scale = box_to_center_scale(clip_box(box, 80, 100), 48 / 64, 1.25)
+    empty = [5, 5, 0, 10]
+    boxes = [(inside, 0.9), (overhanging, 0.8), (outside, 0.7), (empty, 0.6)]
+    samples = person_crops(image, boxes, codec, 5, clip_boxes=clip)
+    # a box without area is dropped; one outside the image only when clipping
+    kept = [0, 1] if clip else [0, 1, 2]
+    assert [s["index"] for s in samples] == kept
+    for sample, index in zip(samples, kept):
+        box = clip_box(boxes[index][0], 80, 100) if clip else boxes[index][0]
+        center, scale = box_to_center_scale(box, 48 / 64, 1.25)
         expected = invert_affine(crop_matrix(center, scale, 0.0, (48, 64)))
         np.testing.assert_allclose(sample["inv_matrix"].numpy(), expected)
         assert sample["image"].shape == (3, 64, 48) and sample["image_id"] == 5

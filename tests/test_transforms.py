@@ -16,18 +16,19 @@ def test_flip_pairs_swap_left_and_right_names():
     assert (perm[perm] == np.arange(17)).all()
 
 
-def test_flipping_keypoints_twice_is_identity():
+@pytest.mark.parametrize("geometry,mirror", [("reference", 192), ("centred", 191)])
+def test_flipping_keypoints_twice_is_identity(geometry, mirror):
     # The dataset's flip: the mirrored crop matrix, then the left/right permutation.
     rng = np.random.default_rng(0)
     keypoints = rng.uniform(0, 400, (17, 2))
     center, scale = box_to_center_scale((50, 40, 150, 200), 0.75)
-    plain = crop_matrix(center, scale, 10.0, (192, 256))
-    mirror = crop_matrix(center, scale, 10.0, (192, 256), flip=True)
+    plain = crop_matrix(center, scale, 10.0, (192, 256), geometry=geometry)
+    flipped = crop_matrix(center, scale, 10.0, (192, 256), flip=True, geometry=geometry)
     perm = flip_permutation()
-    once = apply_affine(keypoints, mirror)[perm]
-    np.testing.assert_allclose(once[perm][:, 0], 191 - apply_affine(keypoints, plain)[:, 0])
+    once = apply_affine(keypoints, flipped)[perm]
+    np.testing.assert_allclose(once[perm][:, 0], mirror - apply_affine(keypoints, plain)[:, 0])
     # mirroring the mirrored crop again gives the plain crop back
-    twice = (191 - once[:, 0])[perm]
+    twice = (mirror - once[:, 0])[perm]
     np.testing.assert_allclose(twice, apply_affine(keypoints, plain)[:, 0], atol=1e-9)
 
 
@@ -37,13 +38,18 @@ def test_flipping_heatmaps_back_twice_is_identity():
     assert torch.equal(twice, heatmaps)
 
 
-def test_flipped_crop_matrix_mirrors_the_crop():
+@pytest.mark.parametrize("geometry", ["reference", "centred"])
+def test_flipped_crop_matrix_mirrors_the_crop(geometry):
     image = np.random.default_rng(1).integers(0, 255, (120, 90, 3), dtype=np.uint8)
     center, scale = box_to_center_scale((10, 20, 50, 70), 0.75)
-    plain = warp(image, crop_matrix(center, scale, 17.0, (48, 64)), (48, 64))
-    mirrored = warp(image, crop_matrix(center, scale, 17.0, (48, 64), flip=True), (48, 64))
+    plain = warp(image, crop_matrix(center, scale, 17.0, (48, 64), geometry=geometry), (48, 64))
+    mirrored = warp(image, crop_matrix(center, scale, 17.0, (48, 64), flip=True,
+                                       geometry=geometry), (48, 64))
+    expected = cv2.flip(plain, 1).astype(int)
+    if geometry == "reference":  # mirrored about x = W/2: column u shows plain column W - u
+        mirrored, expected = mirrored[:, 1:], expected[:, :-1]
     # Same sampling points; OpenCV's fixed-point bilinear weights may differ by one level.
-    assert np.abs(mirrored.astype(int) - cv2.flip(plain, 1)).max() <= 1
+    assert np.abs(mirrored.astype(int) - expected).max() <= 1
 
 
 @pytest.mark.parametrize("rotation,flip", [(0.0, False), (33.0, False), (-40.0, True)])
@@ -56,13 +62,20 @@ def test_affine_round_trip_is_below_a_hundredth_of_a_pixel(rotation, flip):
     assert np.abs(back - points).max() < 0.01
 
 
-def test_crop_matrix_maps_box_centre_to_crop_centre_and_box_to_crop():
+@pytest.mark.parametrize("geometry,middle", [("reference", 0.0), ("centred", 0.5)])
+def test_crop_matrix_maps_box_centre_to_crop_centre_and_box_to_crop(geometry, middle):
     center, scale = box_to_center_scale((100, 50, 150, 200), 192 / 256, padding=1.0)
     assert scale[0] / scale[1] == pytest.approx(192 / 256)
-    matrix = crop_matrix(center, scale, 0.0, (192, 256))
-    np.testing.assert_allclose(apply_affine(center[None], matrix)[0], [95.5, 127.5])
+    matrix = crop_matrix(center, scale, 0.0, (192, 256), geometry=geometry)
+    np.testing.assert_allclose(apply_affine(center[None], matrix)[0],
+                               [96 - middle, 128 - middle])
     corner = center - scale / 2
-    np.testing.assert_allclose(apply_affine(corner[None], matrix)[0], [-0.5, -0.5])
+    np.testing.assert_allclose(apply_affine(corner[None], matrix)[0], [-middle, -middle])
+
+
+def test_unknown_crop_geometry_is_an_error_naming_it():
+    with pytest.raises(ValueError, match="'middle'"):
+        crop_matrix(np.zeros(2), np.ones(2), 0.0, (48, 64), geometry="middle")
 
 
 def test_batched_apply_affine_matches_one_by_one():

@@ -80,7 +80,10 @@ def main(argv=None) -> int:
             skipped.append(f"{path}: {error}")
             continue
         results = predict_people(heatmap_fn, image, boxes, codec, image_id,
-                                 keypoint_score_threshold=cfg.eval.keypoint_score_threshold)
+                                 nms_threshold=cfg.eval.oks_nms_threshold,
+                                 keypoint_score_threshold=cfg.eval.keypoint_score_threshold,
+                                 padding=cfg.data.padding, crop_geometry=cfg.data.crop_geometry,
+                                 clip_boxes=cfg.data.clip_detection_boxes)
         keypoints = np.array([r["keypoints"] for r in results]).reshape(-1, NUM_KEYPOINTS, 3)
         box_array = np.array([b for b, _ in boxes]) if args.draw_boxes and boxes else None
         picture = draw_skeletons(image, keypoints, args.kpt_threshold, box_array)

@@ -95,13 +95,27 @@ class Augmentation:
 
 
 def clip_box(box, width: int, height: int) -> Optional[tuple[float, float, float, float]]:
-    """Clip an (x, y, w, h) box to the image; None when nothing is left."""
+    """Clip an (x, y, w, h) box to the image; None when nothing is left.
+
+    The reference's cleaning of ground-truth boxes (SimpleBaselines/HRNet), applied to them
+    always and to detector boxes only with ``clip_detection_boxes``."""
     x, y, w, h = box
     x1, y1 = max(0.0, x), max(0.0, y)
     x2, y2 = min(width - 1.0, x1 + max(0.0, w - 1.0)), min(height - 1.0, y1 + max(0.0, h - 1.0))
     if x2 <= x1 or y2 <= y1:
         return None
     return x1, y1, x2 - x1, y2 - y1
+
+
+def detection_box(box, width: int, height: int,
+                  clip: bool) -> Optional[tuple[float, float, float, float]]:
+    """A detector's (x, y, w, h) box as it is cropped: as given (the reference and mmpose
+    crop from the raw box, also where it crosses the image border) or clipped (``clip``);
+    None for a box without area, which has no crop."""
+    if clip:
+        return clip_box(box, width, height)
+    x, y, w, h = (float(v) for v in box)
+    return (x, y, w, h) if w > 0 and h > 0 else None
 
 
 class TopDownCocoDataset(Dataset):
@@ -111,6 +125,9 @@ class TopDownCocoDataset(Dataset):
         codec: heatmap codec (fixes the crop size and heatmap size).
         train: training mode (GT boxes, augmentation) or evaluation mode.
         det_file: evaluation boxes from this detection results file instead of GT boxes.
+        crop_geometry: where the box centre lands in the crop (``pose.data.transforms``).
+        clip_detection_boxes: clip detector boxes to the image before cropping (GT boxes
+            are always clipped, as the reference does).
         augmentation: training augmentation settings.
         seed: base seed; sample i of epoch e is augmented with a generator seeded by
             (seed, e, i), so results do not depend on worker count or order.
@@ -124,12 +141,14 @@ class TopDownCocoDataset(Dataset):
     def __init__(self, ann_file, image_dir, codec: HeatmapCodec, train: bool = False,
                  det_file: Optional[str] = None, det_score_threshold: float = 0.0,
                  augmentation: Optional[Augmentation] = None, padding: float = 1.25,
-                 seed: int = 0) -> None:
+                 seed: int = 0, crop_geometry: str = "reference",
+                 clip_detection_boxes: bool = False) -> None:
         self.coco = load_coco(ann_file)
         self.ann_file, self.image_dir = Path(ann_file), Path(image_dir)
         if not self.image_dir.is_dir():
             raise DataError(f"image folder not found: {self.image_dir}")
         self.codec, self.train, self.padding, self.seed = codec, train, padding, seed
+        self.crop_geometry, self.clip_detection_boxes = crop_geometry, clip_detection_boxes
         self.augmentation = (augmentation or Augmentation()) if train else None
         height, width = codec.input_size
         self.aspect_ratio = width / height
@@ -165,7 +184,8 @@ class TopDownCocoDataset(Dataset):
         samples = []
         for det in load_detections(det_file, self.coco, score_threshold):
             image = self.coco.imgs[det["image_id"]]
-            box = clip_box(det["bbox"], image["width"], image["height"])
+            box = detection_box(det["bbox"], image["width"], image["height"],
+                                self.clip_detection_boxes)
             if box is None:
                 continue
             center, scale = box_to_center_scale(box, self.aspect_ratio, self.padding)
@@ -213,7 +233,7 @@ class TopDownCocoDataset(Dataset):
             center, scale, rotation, flip = self._augment(sample, rng)
         else:
             center, scale, rotation, flip = sample["center"], sample["scale"], 0.0, False
-        matrix = crop_matrix(center, scale, rotation, (width, height), flip)
+        matrix = crop_matrix(center, scale, rotation, (width, height), flip, self.crop_geometry)
         crop = warp(image, matrix, (width, height))
         if self.photometric is not None:
             self.photometric.set_random_seed(int(rng.integers(2 ** 31)))

@@ -1,9 +1,24 @@
 """Gaussian heatmap codec: keypoints in crop pixels <-> heatmaps at 1/stride resolution.
 
-Heatmap pixel (u, v) stands for crop pixel (u * stride, v * stride). Targets are Gaussians
-centred on the exact (sub-pixel) keypoint position, truncated at 3 sigma. Decoding takes the
-argmax and moves a quarter pixel towards the higher neighbour (``quarter``) or applies the
-Taylor refinement of DARK (Zhang et al., CVPR 2020) on the log of a blurred heatmap (``dark``).
+Heatmap pixel (u, v) stands for crop pixel (u * stride, v * stride).
+
+Encoding (targets), ``encoding=``:
+- ``reference`` (SimpleBaselines/HRNet, the paper's code base): the Gaussian's centre is the
+  keypoint's heatmap position rounded as ``int(x + 0.5)`` (toward zero, so positions down to
+  -1.5 round to 0); the target is a (2r + 1)-pixel patch of that Gaussian, r = 3 sigma, placed
+  at ``int(centre - r)``; a joint keeps its weight unless that window lies wholly beyond the
+  heatmap by the reference's integer test, even where none of the patch lands on the heatmap.
+- ``unbiased``: the Gaussian is centred on the exact sub-pixel position, truncated at 3 sigma
+  per axis; a joint keeps its weight while its centre is within 3 sigma of the heatmap
+  (mmpose's unbiased encoding; it removes the rounding's quantisation error).
+
+Decoding, ``decode=``: the argmax, then
+- ``quarter`` (reference): a quarter pixel towards the higher neighbour on each axis, only
+  when the peak is at least two pixels inside the heatmap on both axes; a peak whose value is
+  not positive is put at (0, 0), as the reference's ``get_max_preds`` does;
+- ``quarter_per_axis``: the quarter step on each axis whose neighbours both exist;
+- ``dark``: the Taylor refinement of DARK (Zhang et al., CVPR 2020) on the log of a blurred
+  heatmap, ``quarter_per_axis`` where the blur window does not fit.
 """
 from __future__ import annotations
 
@@ -14,25 +29,35 @@ import torch
 from pose.data.keypoints import flip_permutation
 
 
+ENCODINGS = ("reference", "unbiased")
+DECODINGS = ("quarter", "quarter_per_axis", "dark")
+
+
 class HeatmapCodec:
     def __init__(self, input_size, stride: int = 4, sigma: float = 2.0,
-                 decode: str = "quarter", dark_kernel: int = 11) -> None:
+                 decode: str = "quarter", dark_kernel: int = 11,
+                 encoding: str = "reference") -> None:
         """``input_size``: crop (height, width) in pixels; heatmaps are (height, width) / stride."""
-        if decode not in ("quarter", "dark"):
-            raise ValueError(f"decode must be 'quarter' or 'dark', got {decode!r}")
+        if decode not in DECODINGS:
+            raise ValueError(f"decode must be one of {', '.join(DECODINGS)}, got {decode!r}")
+        if encoding not in ENCODINGS:
+            raise ValueError(f"encoding must be one of {', '.join(ENCODINGS)}, got {encoding!r}")
         height, width = input_size
         if height % stride or width % stride:
             raise ValueError(f"input size {height}x{width} is not divisible by stride {stride}")
         self.input_size = (height, width)
         self.heatmap_size = (height // stride, width // stride)
         self.stride, self.sigma, self.decode_mode = stride, sigma, decode
-        self.dark_kernel = dark_kernel
+        self.dark_kernel, self.encoding = dark_kernel, encoding
 
     def encode(self, keypoints: np.ndarray, visible: np.ndarray):
         """(K, 2) crop-pixel keypoints and (K,) visibility -> heatmaps (K, h, w), weights (K,).
 
-        A joint gets weight 0 when unlabelled or when its 3-sigma window misses the heatmap.
+        A joint gets weight 0 when unlabelled or when its window misses the heatmap (each
+        encoding's own test, see the module docstring); its heatmap is then all zero.
         """
+        if self.encoding == "reference":
+            return self._encode_reference(keypoints, visible)
         h, w = self.heatmap_size
         mu = np.asarray(keypoints, dtype=np.float64)[:, :2] / self.stride  # (K, 2)
         radius = 3.0 * self.sigma
@@ -46,6 +71,26 @@ class HeatmapCodec:
         heatmaps = gy[:, :, None] * gx[:, None, :] * weights[:, None, None]  # (K, h, w)
         return heatmaps.astype(np.float32), weights
 
+    def _encode_reference(self, keypoints: np.ndarray, visible: np.ndarray):
+        h, w = self.heatmap_size
+        radius = 3.0 * self.sigma
+        centre = np.trunc(np.asarray(keypoints, dtype=np.float64)[:, :2] / self.stride + 0.5)
+        low, high = np.trunc(centre - radius), np.trunc(centre + radius + 1)  # window [low, high)
+        inside = (low[:, 0] < w) & (low[:, 1] < h) & (high[:, 0] >= 0) & (high[:, 1] >= 0)
+        weights = ((np.asarray(visible) > 0) & inside).astype(np.float32)
+        # Pixel p of the window shows the patch's entry p - low; the patch's peak is its entry
+        # floor((2r + 1) / 2), which is the rounded centre when r is a whole number.
+        peak = np.floor((2 * radius + 1) / 2)
+
+        def profile(length, axis):
+            pixel = np.arange(length)[None, :]
+            offset = pixel - low[:, axis:axis + 1] - peak
+            window = (pixel >= low[:, axis:axis + 1]) & (pixel < high[:, axis:axis + 1])
+            return np.exp(-offset ** 2 / (2 * self.sigma ** 2)) * window
+
+        heatmaps = profile(h, 1)[:, :, None] * profile(w, 0)[:, None, :] * weights[:, None, None]
+        return heatmaps.astype(np.float32), weights
+
     def decode(self, heatmaps: np.ndarray):
         """(N, K, h, w) heatmaps -> keypoints (N, K, 2) in crop pixels and scores (N, K)."""
         heatmaps = np.asarray(heatmaps, dtype=np.float32)
@@ -54,15 +99,20 @@ class HeatmapCodec:
         index = flat.argmax(axis=2)
         scores = np.take_along_axis(flat, index[..., None], axis=2)[..., 0]
         coords = np.stack([index % w, index // w], axis=-1).astype(np.float64)  # (N, K, 2)
-        quarter = self._refine_quarter(heatmaps, coords)
-        if self.decode_mode == "dark":
-            coords = self._refine_dark(heatmaps, coords, fallback=quarter)
+        if self.decode_mode == "quarter":
+            coords = np.where(scores[..., None] > 0, coords, 0.0)
+            coords = self._refine_quarter(heatmaps, coords, margin=2, both_axes=True)
         else:
-            coords = quarter
+            quarter = self._refine_quarter(heatmaps, coords, margin=1, both_axes=False)
+            coords = (self._refine_dark(heatmaps, coords, fallback=quarter)
+                      if self.decode_mode == "dark" else quarter)
         return coords * self.stride, scores
 
     @staticmethod
-    def _refine_quarter(heatmaps: np.ndarray, coords: np.ndarray) -> np.ndarray:
+    def _refine_quarter(heatmaps: np.ndarray, coords: np.ndarray, margin: int,
+                        both_axes: bool) -> np.ndarray:
+        """A quarter-pixel step towards the higher neighbour on an axis where the peak lies in
+        [margin, size - 2]; with ``both_axes``, on both axes or neither."""
         n, k, h, w = heatmaps.shape
         flat = heatmaps.reshape(n, k, h * w)
         x, y = coords[..., 0].astype(int), coords[..., 1].astype(int)
@@ -71,8 +121,10 @@ class HeatmapCodec:
             idx = np.clip(yy, 0, h - 1) * w + np.clip(xx, 0, w - 1)
             return np.take_along_axis(flat, idx[..., None], axis=2)[..., 0]
 
-        interior_x = (x > 0) & (x < w - 1)
-        interior_y = (y > 0) & (y < h - 1)
+        interior_x = (x >= margin) & (x < w - 1)
+        interior_y = (y >= margin) & (y < h - 1)
+        if both_axes:
+            interior_x = interior_y = interior_x & interior_y
         step_x = np.sign(at(x + 1, y) - at(x - 1, y)) * interior_x
         step_y = np.sign(at(x, y + 1) - at(x, y - 1)) * interior_y
         return coords + 0.25 * np.stack([step_x, step_y], axis=-1)

@@ -2,6 +2,14 @@
 
 Coordinates are image pixels with integer values at pixel centres (OpenCV's convention).
 ``scale`` is the (width, height) in image pixels of the region that fills the crop.
+
+Where in the crop the box centre lands, ``geometry=``:
+- ``reference`` (SimpleBaselines/HRNet, mmpose without UDP): at (W / 2, H / 2); a training
+  flip mirrors the image, which mirrors the crop about x = W / 2 (x -> W - x).
+- ``centred``: on the crop's middle, ((W - 1) / 2, (H - 1) / 2); a flip mirrors the crop's
+  pixels (x -> W - 1 - x).
+Both decode back exactly (the inverse matrix); they differ by half a crop pixel, which matters
+once targets are rounded to whole heatmap pixels as the reference rounds them.
 """
 from __future__ import annotations
 
@@ -24,23 +32,31 @@ def box_to_center_scale(box, aspect_ratio: float, padding: float = 1.25):
     return center, np.array([w, h], dtype=np.float64) * padding
 
 
-def crop_matrix(center, scale, rotation: float, output_size, flip: bool = False) -> np.ndarray:
+CROP_GEOMETRIES = ("reference", "centred")
+
+
+def crop_matrix(center, scale, rotation: float, output_size, flip: bool = False,
+                geometry: str = "reference") -> np.ndarray:
     """2x3 affine matrix from image pixels to crop pixels.
 
     The region of size ``scale`` around ``center``, rotated by ``rotation`` degrees
-    (counter-clockwise in the image), fills an ``output_size`` (width, height) crop. With
-    ``flip`` the crop is mirrored: x_crop -> width - 1 - x_crop.
+    (counter-clockwise in the image), fills an ``output_size`` (width, height) crop; with
+    ``flip`` the crop is mirrored, as ``geometry`` says (module docstring).
     """
+    if geometry not in CROP_GEOMETRIES:
+        raise ValueError(f"crop geometry must be one of {', '.join(CROP_GEOMETRIES)}, "
+                         f"got {geometry!r}")
+    middle = 0.0 if geometry == "reference" else 1.0
     out_w, out_h = output_size
     theta = math.radians(rotation)
     sx, sy = out_w / scale[0], out_h / scale[1]
     cos, sin = math.cos(theta), math.sin(theta)
-    # crop = S * R * (image - center) + crop_center, with crop_center at the crop's middle.
+    # crop = S * R * (image - center) + crop_center.
     linear = np.array([[sx * cos, sx * sin], [-sy * sin, sy * cos]])
-    offset = np.array([(out_w - 1) * 0.5, (out_h - 1) * 0.5]) - linear @ np.asarray(center)
+    offset = np.array([out_w - middle, out_h - middle]) * 0.5 - linear @ np.asarray(center)
     matrix = np.concatenate([linear, offset[:, None]], axis=1)
     if flip:
-        matrix = np.array([[-1.0, 0.0, out_w - 1.0], [0.0, 1.0, 0.0]]) @ np.vstack(
+        matrix = np.array([[-1.0, 0.0, out_w - middle], [0.0, 1.0, 0.0]]) @ np.vstack(
             [matrix, [0.0, 0.0, 1.0]])
     return matrix
 

@@ -46,8 +46,9 @@ def oks(reference: np.ndarray, others: np.ndarray, reference_area: float, other_
 
 def oks_nms(keypoints: np.ndarray, scores: np.ndarray, areas: np.ndarray, threshold: float,
             sigmas: np.ndarray = OKS_SIGMAS, visibility_threshold: Optional[float] = None):
-    """Greedy NMS by OKS: indices of the kept instances, best score first."""
-    order = np.argsort(-np.asarray(scores), kind="stable")
+    """Greedy NMS by OKS: indices of the kept instances, best score first; of equal scores
+    the later instance first, as the reference's reversed ascending sort has it."""
+    order = np.argsort(np.asarray(scores), kind="stable")[::-1]
     keep = []
     while order.size:
         best, rest = order[0], order[1:]
