@@ -23,6 +23,13 @@ OPTIONS: dict[str, dict[str, Any]] = {
     "prelu": {"init": 0.25},
     "prelu_shared": {"init": 0.25},
     "rrelu": {"lower": 1 / 8, "upper": 1 / 3},
+    # ReLU followed by a squeeze-and-excitation gate, hidden width max(C // reduction, 1).
+    "se_relu": {"reduction": 13},
+    # The maximum of K pieces; the layer in front produces K channels per output channel.
+    # depthwise: "relu" (depthwise convs keep a ReLU) or "maxout" (K filters per channel);
+    # projection: the blocks' linear projections become maxout units too. The defaults are
+    # the reading that reproduces the paper's Table 1 counts (README, "Complexity").
+    "maxout": {"k": 2, "depthwise": "relu", "projection": True},
     "dyrelu_a": DYRELU_DEFAULTS,
     "dyrelu_b": DYRELU_DEFAULTS,
     "dyrelu_c": DYRELU_DEFAULTS,

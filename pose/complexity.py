@@ -50,3 +50,41 @@ def count_madds(model: nn.Module, input_shape: tuple[int, ...]) -> int:
 
 def complexity(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, int]:
     return {"params": count_parameters(model), "madds": count_madds(model, input_shape)}
+
+
+# Table 1 of the DY-ReLU paper's supplementary: MobileNetV2 x1.0 on ImageNet at 224x224, one
+# activation at every non-linear position. (row, activation spec, paper #Param, paper MAdds)
+TABLE1 = (
+    ("ReLU", "relu", 3.5e6, 300.0e6),
+    ("RReLU", "rrelu", 3.5e6, 300.0e6),
+    ("LeakyReLU", "leaky_relu", 3.5e6, 300.0e6),
+    ("PReLU (channel-wise)", "prelu", 3.5e6, 300.0e6),
+    ("PReLU (channel-shared)", "prelu_shared", 3.5e6, 300.0e6),
+    ("SE + ReLU", "se_relu", 5.1e6, 304.8e6),
+    ("Maxout (K = 2)", {"name": "maxout", "k": 2}, 5.7e6, 579.1e6),
+    ("Maxout (K = 3)", {"name": "maxout", "k": 3}, 7.8e6, 866.4e6),
+    ("DY-ReLU-B (K = 2)", {"name": "dyrelu_b", "k": 2}, 7.5e6, 315.5e6),
+    ("DY-ReLU-B (K = 3)", {"name": "dyrelu_b", "k": 3}, 9.2e6, 322.8e6),
+)
+TABLE1_TOLERANCE = 0.02
+
+
+def table1(model_cfg, image_size: tuple[int, int]) -> list[dict]:
+    """Every Table 1 row for the classifier ``model_cfg`` describes (its backbone's activation
+    replaced by the row's), ours beside the paper's: {row, act, params, madds, paper_params,
+    paper_madds, params_ratio, madds_ratio, within} (within: both ratios within 2%)."""
+    import copy
+
+    from pose.models import build_model
+
+    rows = []
+    for label, spec, paper_params, paper_madds in TABLE1:
+        cfg = copy.deepcopy(model_cfg)
+        cfg.backbone.act = spec
+        ours = complexity(build_model(cfg), (1, 3, *image_size))
+        ratios = ours["params"] / paper_params, ours["madds"] / paper_madds
+        rows.append({"row": label, "act": spec, **ours, "paper_params": int(paper_params),
+                     "paper_madds": int(paper_madds), "params_ratio": ratios[0],
+                     "madds_ratio": ratios[1],
+                     "within": all(abs(r - 1) <= TABLE1_TOLERANCE for r in ratios)})
+    return rows

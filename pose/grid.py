@@ -49,7 +49,7 @@ def act_label(spec: Any) -> str:
 # Extra train-step time one side (backbone or head) adds with this activation, relative to
 # ReLU (the synthetic grid's measured cell times). Only used to start the slowest cells first,
 # so that the last cells to finish are short ones and no core idles for long.
-SLOWDOWN = {"dyrelu_a": 0.25, "dyrelu_b": 0.3, "dyrelu_c": 0.45}
+SLOWDOWN = {"dyrelu_a": 0.25, "dyrelu_b": 0.3, "dyrelu_c": 0.45, "se_relu": 0.1, "maxout": 0.8}
 
 
 def estimated_cost(cell: "Cell") -> float:

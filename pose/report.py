@@ -23,7 +23,9 @@ PAPER_AP = {
     "dyrelu_b": {"relu": 61.5, "dyrelu_a": 54.3, "dyrelu_b": 58.6, "dyrelu_c": 63.2},
     "dyrelu_c": {"relu": 61.9, "dyrelu_a": 53.5, "dyrelu_b": 58.8, "dyrelu_c": 63.3},
 }
-PRETTY = {"relu": "ReLU", "dyrelu_a": "DY-ReLU-A", "dyrelu_b": "DY-ReLU-B",
+PRETTY = {"relu": "ReLU", "relu6": "ReLU6", "leaky_relu": "LeakyReLU", "prelu": "PReLU",
+          "prelu_shared": "PReLU (shared)", "rrelu": "RReLU", "se_relu": "SE+ReLU",
+          "maxout": "Maxout", "dyrelu_a": "DY-ReLU-A", "dyrelu_b": "DY-ReLU-B",
           "dyrelu_c": "DY-ReLU-C"}
 
 
@@ -115,7 +117,7 @@ def markdown(cfg: Config, acts: Sequence[Any], rows: list[dict]) -> str:
     failed = [r for r in rows if r["status"] == "failed"]
     if failed:
         lines += ["", "Failed cells:"] + [f"- {r['folder']}: see {r['log']}" for r in failed]
-    if not paper and all(parse_activation(a)[0] in PRETTY and not parse_activation(a)[1]
+    if not paper and all(parse_activation(a)[0] in PAPER_AP and not parse_activation(a)[1]
                          for a in acts):
         lines += ["", "The paper's Table 2 (COCO val2017, 256x192, detector boxes), for "
                   "reference only: this run's setting differs, so its numbers are not "

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from pose.activation_spec import DYRELU_DEFAULTS
-from pose.models.activations import ACTIVATIONS, DyReLU, make_activation
+from pose.models.activations import ACTIVATIONS, DyReLU, make_activation, pieces
 from pose.models.dyrelu import compiled, native, ops, reference
 from pose.models.dyrelu.settings import DyReLUSettings
 
@@ -200,10 +200,10 @@ def test_dyrelu_keeps_channels_last(variant, backend):
 
 
 @pytest.mark.parametrize("name", ACTIVATIONS)
-def test_every_activation_builds_and_keeps_shape(name):
+def test_every_activation_builds_and_gives_its_channels(name):
     module = make_activation(name, 8)
-    x = torch.randn(2, 8, 4, 4)
-    assert module(x).shape == x.shape
+    x = torch.randn(2, 8 * pieces(name), 4, 4)  # Maxout takes K pieces per channel
+    assert module(x).shape == (2, 8, 4, 4)
 
 
 def test_activation_mapping_spec_passes_options():

@@ -118,3 +118,51 @@ def test_cells_go_through_a_submitit_executor(synthetic_data, tmp_path):
     assert any((tmp_path / "submitit").iterdir())
     started = [e for e in events(tmp_path / "grid") if e["event"] == "started"]
     assert started and started[0]["job_id"]
+
+
+TABLE1_ACTS = "relu,prelu,se_relu,maxout,dyrelu_b,dyrelu_c"
+
+
+def test_every_pairing_of_table1_activations_builds_and_takes_a_training_step(synthetic_data):
+    import torch
+
+    from pose.data.build import build_dataset
+    from pose.engine.loop import build_optimizer, heatmap_loss
+    from pose.models import build_model
+
+    from test_engine import tiny_config
+
+    acts = parse_acts(TABLE1_ACTS)
+    batch = None
+    for backbone in acts:
+        for head in acts:
+            cfg = tiny_config(synthetic_data, **{"model.backbone.act": backbone,
+                                                 "model.head.act": head})
+            if batch is None:
+                dataset = build_dataset(cfg, train=True)
+                batch = torch.utils.data.default_collate([dataset[i] for i in range(4)])
+            torch.manual_seed(0)
+            model = build_model(cfg.model)
+            optimizer = build_optimizer(model, cfg.train)
+            before = [p.detach().clone() for p in model.parameters()]
+            loss = heatmap_loss(model(batch["image"]), batch["heatmaps"], batch["weights"])
+            loss.backward()
+            optimizer.step()
+            assert torch.isfinite(loss), (backbone, head)
+            params = list(model.parameters())
+            assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in params)
+            # Every parameter with a gradient moves (an SE gate's hidden ReLUs may all be
+            # off for a batch, leaving its first FC without one).
+            for old, p in zip(before, params):
+                assert torch.equal(old, p) == (not p.grad.any()), (backbone, head)
+
+
+def test_the_grid_labels_se_relu_and_maxout_cells(synthetic_data, tmp_path):
+    acts = parse_acts("se_relu,maxout")
+    table = run_grid(SYNTHETIC_CONFIG, acts, tmp_path / "grid", grid_overrides(synthetic_data),
+                     jobs=2)
+    assert [c["status"] for c in table["cells"]] == ["finished"] * 4
+    markdown = (tmp_path / "grid/table2.md").read_text()
+    assert "| SE+ReLU |" in markdown and "| Maxout |" in markdown
+    assert {p.name for p in (tmp_path / "grid").iterdir() if p.is_dir()} >= {
+        "se_relu__maxout", "maxout__se_relu"}

@@ -105,7 +105,8 @@ def test_dynamics_plot_for_dyrelu_and_refusal_for_relu(synthetic_data, tmp_path)
     assert refused.returncode == 2 and "not DY-ReLU" in refused.stderr
 
 
-@pytest.mark.parametrize("act", ["relu", "dyrelu_a", "dyrelu_b", "dyrelu_c"])
+@pytest.mark.parametrize("act", ["relu", "dyrelu_a", "dyrelu_b", "dyrelu_c", "se_relu",
+                                 "maxout"])
 def test_onnx_export_matches_pytorch(act, tmp_path):
     pytest.importorskip("onnxruntime")
     from pose.export import export

@@ -2,7 +2,9 @@
 
 Built from the paper's (t, c, n, s) table like torchvision's model: stem 3x3 conv, 17 inverted
 residual blocks (1x1 expand -> act -> 3x3 depthwise -> act -> 1x1 linear projection), final
-1x1 conv. Every activation is ``make_activation(act, channels)``; projections stay linear.
+1x1 conv. Every activation is the slot's (``make_activation``), and the conv in front of it
+produces the channels the slot asks for (``pieces``: K per channel for Maxout); projections
+stay linear unless the slot takes them too (a Maxout option, Table 1's reading).
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from torch import nn
 from torchvision.models.mobilenetv2 import _make_divisible
 from torchvision.ops.misc import Conv2dNormActivation
 
-from pose.models.activations import make_activation
+from pose.models.activations import make_activation, pieces
 
 ActSpec = Any  # a name or a mapping, see pose.models.activations
 
@@ -32,10 +34,13 @@ INVERTED_RESIDUAL_SETTING = (
 
 def conv_norm_act(in_channels: int, out_channels: int, kernel_size: int, act: ActSpec,
                   stride: int = 1, groups: int = 1) -> Conv2dNormActivation:
-    """conv -> BatchNorm -> the slot's activation (torchvision's block, our activation)."""
+    """conv -> BatchNorm -> the slot's activation (torchvision's block, our activation), with
+    ``out_channels`` out of the activation; a grouped conv is a depthwise position."""
+    position = "depthwise" if groups > 1 else "conv"
     return Conv2dNormActivation(
-        in_channels, out_channels, kernel_size, stride=stride, groups=groups,
-        activation_layer=partial(make_activation, act, out_channels), inplace=None)
+        in_channels, out_channels * pieces(act, position), kernel_size, stride=stride,
+        groups=groups, activation_layer=partial(make_activation, act, out_channels, position),
+        inplace=None)
 
 
 class InvertedResidual(nn.Module):
@@ -49,11 +54,14 @@ class InvertedResidual(nn.Module):
         layers: list[nn.Module] = []
         if expand_ratio != 1:
             layers.append(conv_norm_act(in_channels, hidden, 1, act))
+        projected = out_channels * pieces(act, "projection")
         layers += [
             conv_norm_act(hidden, hidden, 3, act, stride=stride, groups=hidden),
-            nn.Conv2d(hidden, out_channels, 1, bias=False),
-            nn.BatchNorm2d(out_channels),
+            nn.Conv2d(hidden, projected, 1, bias=False),
+            nn.BatchNorm2d(projected),
         ]
+        if projected != out_channels:  # the slot takes the projection too (Maxout's option)
+            layers.append(make_activation(act, out_channels, "projection"))
         self.conv = nn.Sequential(*layers)
         self.out_channels = out_channels
 
