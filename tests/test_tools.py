@@ -105,22 +105,64 @@ def test_dynamics_plot_for_dyrelu_and_refusal_for_relu(synthetic_data, tmp_path)
     assert refused.returncode == 2 and "not DY-ReLU" in refused.stderr
 
 
-@pytest.mark.parametrize("act", ["relu", "dyrelu_a", "dyrelu_b", "dyrelu_c", "se_relu",
-                                 "maxout"])
-def test_onnx_export_matches_pytorch(act, tmp_path):
-    pytest.importorskip("onnxruntime")
-    from pose.export import export
-
+def with_random_statistics(model):
+    """Non-trivial BatchNorm statistics, and outputs of order one (the heatmap conv starts at
+    std 0.001), so that an absolute bound means something."""
     torch.manual_seed(0)
-    cfg = load_config(SYNTHETIC_CONFIG, SMALL + [f"model.backbone.act={act}",
-                                                 f"model.head.act={act}"])
-    model = build_model(cfg.model)
-    with torch.no_grad():  # non-trivial BatchNorm statistics
+    with torch.no_grad():
         for m in model.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
                 m.running_mean.normal_(0, 0.1)
                 m.running_var.uniform_(0.5, 1.5)
-    assert export(model, cfg.data.input_size, tmp_path / "model.onnx") < 1e-4
+        last = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)][-1]
+        last.weight.normal_(0, 0.3)
+    return model
+
+
+ONNX_ACTS = ["relu", "dyrelu_a", "dyrelu_b", "dyrelu_c", {"name": "dyrelu_c", "k": 3,
+             "spatial": "residual"}, "se_relu", "maxout",
+             {"name": "maxout", "k": 3, "depthwise": "maxout", "projection": False}]
+
+
+@pytest.mark.parametrize("act", ONNX_ACTS, ids=str)
+def test_onnx_export_matches_pytorch_for_every_activation(act, tmp_path):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from pose.export import export
+    from pose.models.mobilenetv2 import conv_norm_act
+
+    # The activation at a dense and a depthwise position (the whole-model export is below).
+    model = torch.nn.Sequential(conv_norm_act(3, 8, 3, act, stride=2),
+                                conv_norm_act(8, 8, 3, act, groups=8), torch.nn.Conv2d(8, 17, 1))
+    assert export(with_random_statistics(model), (32, 24), tmp_path / "m.onnx") < 1e-4
+
+
+def test_export_tool_writes_a_checked_onnx_pose_model(tmp_path):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    import onnx
+
+    overrides = SMALL + ["model.backbone.act=maxout", "model.head.act=dyrelu_c"]
+    model = with_random_statistics(build_model(load_config(SYNTHETIC_CONFIG, overrides).model))
+    torch.save({"model": model.state_dict()}, tmp_path / "model.pth")
+    result = run_tool("export_onnx.py", "--config", SYNTHETIC_CONFIG, *set_args(overrides),
+                      "--checkpoint", tmp_path / "model.pth", "--out", tmp_path / "m.onnx")
+    assert result.returncode == 0, result.stderr[-2000:]
+    difference = float(result.stdout.split("PyTorch:")[1])
+    assert difference < 1e-4
+    graph = onnx.load(str(tmp_path / "m.onnx")).graph
+    batch = graph.input[0].type.tensor_type.shape.dim[0]
+    assert batch.dim_param and not batch.dim_value  # the batch dimension stays dynamic
+
+
+def test_the_torchscript_exporter_stays_available_and_says_it_is_deprecated(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from pose.export import export
+
+    model = with_random_statistics(build_model(load_config(SYNTHETIC_CONFIG, SMALL).model))
+    with pytest.warns(DeprecationWarning):  # PyTorch's own, kept out of the summary
+        difference = export(model, (96, 64), tmp_path / "m.onnx", exporter="torchscript")
+    assert difference < 1e-4
 
 
 def test_browse_dataset_writes_crops_with_targets(synthetic_data, tmp_path):

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from pose.cli import add_config_arguments, config_from_args, run
-from pose.export import export
+from pose.export import EXPORTERS, export
 
 
 def main(argv=None) -> int:
@@ -20,7 +20,10 @@ def main(argv=None) -> int:
     add_config_arguments(parser)
     parser.add_argument("--checkpoint", help="weights to export (default: a fresh model)")
     parser.add_argument("--out", required=True)
-    parser.add_argument("--opset", type=int, default=17)
+    parser.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
+    parser.add_argument("--exporter", choices=EXPORTERS, default="dynamo",
+                        help="dynamo: torch.onnx.export(dynamo=True), the current exporter; "
+                             "torchscript: the deprecated one, much faster (pose/export.py)")
     args = parser.parse_args(argv)
     cfg = config_from_args(args)
     if args.checkpoint:
@@ -31,7 +34,7 @@ def main(argv=None) -> int:
         from pose.models import build_model
 
         model = build_model(cfg.model)
-    difference = export(model, cfg.data.input_size, Path(args.out), args.opset)
+    difference = export(model, cfg.data.input_size, Path(args.out), args.opset, args.exporter)
     print(f"wrote {args.out}; max abs difference ONNX Runtime vs PyTorch: {difference:.2e}")
     return 0
 
