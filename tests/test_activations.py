@@ -297,6 +297,7 @@ def test_compiled_backend_compiles_once_for_every_channel_count(variant):
             run(channels)
 
 
+@pytest.mark.slow(seconds=40)
 def test_whole_model_compile_keeps_the_layer_whole_with_the_same_gradients(backend):
     # Inside torch.compile the layer is the registered operator (pose::dyrelu_layer and its
     # backward): no graph break, and the compiled model must learn what the eager one learns.
@@ -331,6 +332,7 @@ class _EveryVariant(nn.Module):
         return x
 
 
+@pytest.mark.slow(seconds=80)
 def test_compiled_backend_shares_graphs_across_training_inference_eager_and_compiled():
     # A compiled function keeps one graph per state it is called in; past its recompile limit
     # it would run eagerly for good. Inference after training, and a compiled model after an

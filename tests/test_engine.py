@@ -132,6 +132,7 @@ def test_non_finite_loss_stops_with_the_iteration_and_keeps_last_checkpoint(
     assert load_checkpoint(tmp_path / "run/latest.pth")["epoch"] == 1
 
 
+@pytest.mark.slow(seconds=45)
 def test_bf16_autocast_training_runs_on_cpu(synthetic_data, tmp_path):
     metrics = runner.run_training(tiny_config(synthetic_data, **{"train.amp": "bf16",
                                                                  "train.epochs": 1}),
@@ -147,6 +148,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow(seconds=25)
 def test_ddp_on_two_cpu_processes_matches_single_process_evaluation(synthetic_data, tmp_path):
     overrides = tiny_overrides(synthetic_data, **{"train.epochs": 1})
     set_args = [arg for o in overrides for arg in ("--set", o)]
@@ -191,6 +193,7 @@ def test_ddp_on_two_cpu_processes_matches_single_process_evaluation(synthetic_da
     assert differing <= 0.02 * total
 
 
+@pytest.mark.slow(seconds=370)
 def test_synthetic_config_learns_well_above_an_untrained_model(tmp_path):
     """A few minutes of ReLU/ReLU training with the synthetic config (fewer images and
     epochs) must lift AP far above the same model untrained, scored the same way."""

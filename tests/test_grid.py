@@ -49,11 +49,15 @@ def test_dry_run_lists_the_16_paper_cells_without_coco():
     assert not os.path.exists("/tmp/never-written")
 
 
+@pytest.mark.slow(seconds=80)
 def test_interrupted_grid_reruns_no_finished_cell_and_writes_all_tables(synthetic_data,
                                                                          tmp_path):
     out = tmp_path / "grid"
+    # Three activations (9 cells): enough to interrupt and resume, with Table 1's SE + ReLU
+    # and Maxout and the synthetic config's DY-ReLU-C reading labelled in the tables.
     command = [sys.executable, str(ROOT / "tools/grid.py"), "--config", str(SYNTHETIC_CONFIG),
-               "--out", str(out), "--jobs", "2"]
+               "--out", str(out), "--jobs", "2", "--acts",
+               "[se_relu, maxout, {name: dyrelu_c, spatial: residual}]"]
     for override in grid_overrides(synthetic_data):
         command += ["--set", override]
     first = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL,
@@ -83,14 +87,25 @@ def test_interrupted_grid_reruns_no_finished_cell_and_writes_all_tables(syntheti
     for name in ("table2.md", "table2.csv", "table2.json", "table2.png"):
         assert (out / name).is_file()
     table = json.loads((out / "table2.json").read_text())
-    assert len(table["cells"]) == 16
+    assert len(table["cells"]) == 9
     assert all(c["status"] == "finished" and len(c["stats"]) == 10 for c in table["cells"])
     rows = list(csv.DictReader((out / "table2.csv").open()))
-    assert len(rows) == 16 and rows[0]["backbone"] == "relu" and rows[1]["head"] == "dyrelu_a"
+    assert len(rows) == 9 and rows[0]["backbone"] == "se_relu" and rows[1]["head"] == "maxout"
     markdown = (out / "table2.md").read_text()
-    # The synthetic config's grid.acts: DY-ReLU-C with its attention on the residuals.
-    assert "| DY-ReLU-C (spatial=residual) |" in markdown and "synthetic" in markdown
+    for label in ("| SE+ReLU |", "| Maxout |", "| DY-ReLU-C (spatial=residual) |"):
+        assert label in markdown
+    assert "synthetic" in markdown
     assert (out / "table2.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_synthetic_config_grids_its_own_activations():
+    result = subprocess.run([sys.executable, str(ROOT / "tools/grid.py"), "--config",
+                             str(SYNTHETIC_CONFIG), "--dry-run", "--out", "/tmp/never-written"],
+                            capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    assert sum("folder:" in line for line in result.stdout.splitlines()) == 16
+    # grid.acts: DY-ReLU-C with its attention on the residuals
+    assert "/tmp/never-written/dyrelu_c-spatialresidual__relu" in result.stdout
 
 
 def test_a_failing_cell_is_reported_and_the_others_finish(synthetic_data, tmp_path):
@@ -155,14 +170,3 @@ def test_every_pairing_of_table1_activations_builds_and_takes_a_training_step(sy
             # off for a batch, leaving its first FC without one).
             for old, p in zip(before, params):
                 assert torch.equal(old, p) == (not p.grad.any()), (backbone, head)
-
-
-def test_the_grid_labels_se_relu_and_maxout_cells(synthetic_data, tmp_path):
-    acts = parse_acts("se_relu,maxout")
-    table = run_grid(SYNTHETIC_CONFIG, acts, tmp_path / "grid", grid_overrides(synthetic_data),
-                     jobs=2)
-    assert [c["status"] for c in table["cells"]] == ["finished"] * 4
-    markdown = (tmp_path / "grid/table2.md").read_text()
-    assert "| SE+ReLU |" in markdown and "| Maxout |" in markdown
-    assert {p.name for p in (tmp_path / "grid").iterdir() if p.is_dir()} >= {
-        "se_relu__maxout", "maxout__se_relu"}

@@ -90,6 +90,7 @@ def test_demo_detector_without_weights_is_a_clear_error(coco_sample, tmp_path):
     assert "needs --detector-weights" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow(seconds=40)
 def test_dynamics_plot_for_dyrelu_and_refusal_for_relu(synthetic_data, tmp_path):
     overrides = SMALL + [f"data.root={synthetic_data}", "model.backbone.act=dyrelu_b"]
     checkpoint = save_random_checkpoint(tmp_path / "model.pth", overrides)
@@ -137,6 +138,7 @@ def test_onnx_export_matches_pytorch_for_every_activation(act, tmp_path):
     assert export(with_random_statistics(model), (32, 24), tmp_path / "m.onnx") < 1e-4
 
 
+@pytest.mark.slow(seconds=45)
 def test_export_tool_writes_a_checked_onnx_pose_model(tmp_path):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
