@@ -85,8 +85,9 @@ class DyReLU(nn.Module):
         hidden = max(int(channels // reduction), 1)
         self.fc1 = nn.Linear(channels, hidden)
         self.fc2 = nn.Linear(hidden, self.groups * 2 * k)
-        if variant == "c":
-            self.spatial_conv = nn.Conv2d(channels, 1, kernel_size=1)
+        # Variant C's 1x1 conv; None otherwise (registered, so reading it raises nothing).
+        self.register_module("spatial_conv",
+                             nn.Conv2d(channels, 1, kernel_size=1) if variant == "c" else None)
         if init == "relu":
             nn.init.zeros_(self.fc2.weight)
             nn.init.zeros_(self.fc2.bias)
@@ -99,8 +100,8 @@ class DyReLU(nn.Module):
     gamma = property(lambda self: self.settings.gamma)
 
     def _weights(self):
-        conv = getattr(self, "spatial_conv", None)
-        return (self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias,
+        fc1, fc2, conv = self.fc1, self.fc2, self.spatial_conv
+        return (fc1.weight, fc1.bias, fc2.weight, fc2.bias,
                 None if conv is None else conv.weight, None if conv is None else conv.bias)
 
     def coefficients(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -123,11 +124,11 @@ class DyReLU(nn.Module):
         weights = self._weights()
         if _tracing():
             return reference.dyrelu(x, *weights, self.settings)
-        key = (x.device, x.dtype, self.fc1.weight.dtype)
+        key = (x.device, x.dtype, weights[0].dtype)
         backend = self._backends.get(key) or self._resolve(key)
         if backend == "reference":
             return reference.dyrelu(x, *weights, self.settings)
-        return ops.dyrelu_layer(x, *weights, self._settings_floats, backend)[0]
+        return ops.layer(x, *weights, self._settings_floats, backend)[0]
 
     def extra_repr(self) -> str:
         return (f"channels={self.channels}, variant={self.variant}, k={self.k}, "

@@ -176,6 +176,20 @@ torch.library.register_fake("pose::dyrelu_layer_backward")(_layer_backward_fake)
 dyrelu_layer = torch.ops.pose.dyrelu_layer
 
 
+def layer(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, spatial_weight, spatial_bias,
+          settings, backend):
+    """``dyrelu_layer``, with eager calls spared the dispatcher's trip to the Python kernels
+    registered above (about 15 us a call, which counts at small shapes): what the operator
+    runs, called directly. Under torch.compile, the operator itself."""
+    inputs = (x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, spatial_weight, spatial_bias,
+              settings, backend)
+    if torch.compiler.is_compiling() or not _plain(x):
+        return dyrelu_layer(*inputs)
+    if torch.is_grad_enabled():
+        return _LayerFunction.apply(*inputs)
+    return _layer(*inputs)
+
+
 # Choosing the backend.
 
 def _probe_compiled(device: torch.device, dtype: torch.dtype, weight_dtype: torch.dtype):
