@@ -44,6 +44,14 @@ def setup_output() -> None:
     warnings.formatwarning = _one_line_warning
 
 
+def _clear_progress_bars() -> None:
+    """Take unfinished progress bars off the screen, so that an error is its own line."""
+    tqdm = sys.modules.get("tqdm")
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", ())):
+        bar.leave = False
+        bar.close()
+
+
 def run(main: Callable[[Sequence[str] | None], int | None],
         argv: Sequence[str] | None = None) -> None:
     """Run a tool's main; an expected mistake prints 'error: ...' and exits with status 2."""
@@ -51,9 +59,11 @@ def run(main: Callable[[Sequence[str] | None], int | None],
     try:
         code = main(argv)
     except (PoseError, FileNotFoundError) as error:
+        _clear_progress_bars()
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
+        _clear_progress_bars()
         print("interrupted", file=sys.stderr)
         sys.exit(130)
     sys.exit(code or 0)

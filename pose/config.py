@@ -13,7 +13,7 @@ import difflib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Optional
 
 import yaml
 
@@ -45,7 +45,7 @@ class ModelConfig:
     type: str = "pose"  # "pose" (TopDownPoseNet) or "classifier" (complexity checks only)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     head: HeadConfig = field(default_factory=HeadConfig)
-    num_keypoints: int = 17
+    num_keypoints: Optional[int] = None  # None: the data's keypoint set (checked if given)
     num_classes: int = 1000  # classifier only
 
 
@@ -67,6 +67,7 @@ class DataConfig:
     crop_geometry: str = "reference"  # reference (box centre -> W/2) | centred (-> (W-1)/2)
     clip_detection_boxes: bool = False  # the reference crops from the detector's raw box
     padding: float = 1.25  # box enlargement before cropping
+    oks_sigmas: Optional[list[float]] = None  # keypoint sets other than COCO's (pose.data.keypoints)
     flip_prob: float = 0.5
     half_body_prob: float = 0.3
     scale_factor: float = 0.35  # scale drawn in [1 - f, 1 + f]

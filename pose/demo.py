@@ -1,38 +1,53 @@
-"""Inference on plain images: person boxes -> crops -> heatmaps -> COCO-format keypoints."""
+"""The demo's inputs and outputs: images, folders and videos; person boxes from a detection
+file, fixed boxes, the whole image or torchvision's detector. The pose itself comes from
+``pose.estimator.PoseEstimator``, the evaluation's own path."""
 from __future__ import annotations
 
-import json
+import os
+import time
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional
 
 import cv2
 import numpy as np
-import torch
 
-from pose.data.coco import detection_box, normalize, read_detection_file
-from pose.data.heatmap import HeatmapCodec
-from pose.data.transforms import box_to_center_scale, crop_matrix, invert_affine, warp
-from pose.engine.inference import HeatmapFn, predict
+from pose.data.coco import read_detection_file, read_json
+from pose.data.validate import check_images
 from pose.errors import DataError, PoseError
-from pose.evaluation.coco_eval import make_results
+from pose.estimator import Boxes, PoseEstimator
+from pose.utils import atomic_write_json
+from pose.vis import draw_skeletons
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"}
 
 
-def list_images(path: str | Path) -> list[Path]:
+def is_video(path: Path) -> bool:
+    return path.suffix.lower() in VIDEO_SUFFIXES
+
+
+def list_inputs(path: str | Path, recursive: bool = False) -> list[Path]:
+    """An image or video file, or the images and videos of a folder (and its subfolders
+    with ``recursive``), sorted."""
     path = Path(path)
     if path.is_file():
         return [path]
     if path.is_dir():
-        return sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        found = path.rglob("*") if recursive else path.iterdir()
+        return sorted(p for p in found if p.is_file()
+                      and p.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES)
     raise DataError(f"input not found: {path}")
 
 
-def read_rgb(path: Path) -> np.ndarray:
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise DataError(f"image file {path} is unreadable or corrupt")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+def output_paths(path: Path, input_root: Path, out: Path) -> tuple[Path, Path]:
+    """(annotated picture or video, JSON) for an input: its own name, under its folder's
+    path relative to the input folder, so that a.jpg and a.png (or two folders' a.jpg)
+    never write to one file."""
+    relative = path.relative_to(input_root) if input_root.is_dir() else Path(path.name)
+    target = out / relative
+    if is_video(path) and path.suffix.lower() != ".mp4":
+        target = target.with_name(target.name + ".mp4")  # written as MPEG-4 whatever came in
+    return target, out / relative.with_name(relative.name + ".json")
 
 
 def parse_boxes(text: str) -> list[tuple[list[float], float]]:
@@ -59,13 +74,19 @@ class DetectionFile:
 
     def __init__(self, det_file: str | Path, score_threshold: float,
                  ann_file: Optional[str | Path] = None) -> None:
-        self.by_image: dict[int, list] = {}
-        for det in read_detection_file(det_file, score_threshold):
-            self.by_image.setdefault(det["image_id"], []).append((det["bbox"], det["score"]))
         self.ids = None
         if ann_file is not None:
-            images = json.loads(Path(ann_file).read_text())["images"]
-            self.ids = {image["file_name"]: image["id"] for image in images}
+            data = read_json(ann_file, "annotation file")
+            if not isinstance(data, dict) or not isinstance(data.get("images"), list):
+                raise DataError(f"annotation file {ann_file} is not in COCO format: it needs "
+                                f"a list 'images'")
+            images = check_images(Path(ann_file), data["images"], None)
+            self.ids = {image["file_name"]: image_id for image_id, image in images.items()}
+            self.ids.update({Path(name).name: i for name, i in list(self.ids.items())})
+        self.by_image: dict[int, list] = {}
+        for det in read_detection_file(det_file, score_threshold,
+                                       set(self.ids.values()) if self.ids else None):
+            self.by_image.setdefault(det["image_id"], []).append((det["bbox"], det["score"]))
 
     def image_id(self, path: Path) -> int:
         if self.ids is not None:
@@ -83,8 +104,9 @@ class DetectionFile:
 class TorchvisionPersonDetector:
     """torchvision's Faster R-CNN (ResNet-50 FPN) with weights from a local file."""
 
-    def __init__(self, weights: Optional[str], device: torch.device,
-                 score_threshold: float = 0.5) -> None:
+    def __init__(self, weights: Optional[str], device, score_threshold: float = 0.5) -> None:
+        import torch
+
         if not weights or not Path(weights).is_file():
             raise PoseError(f"--detector torchvision needs --detector-weights PATH to an "
                             f"existing fasterrcnn_resnet50_fpn state dict (got {weights!r}); "
@@ -96,10 +118,12 @@ class TorchvisionPersonDetector:
         self.model.to(device).eval()
         self.device, self.score_threshold = device, score_threshold
 
-    @torch.no_grad()
     def __call__(self, image: np.ndarray) -> list[tuple[list[float], float]]:
-        tensor = torch.from_numpy(image).permute(2, 0, 1).float().div(255).to(self.device)
-        output = self.model([tensor])[0]
+        import torch
+
+        with torch.no_grad():
+            tensor = torch.from_numpy(image).permute(2, 0, 1).float().div(255).to(self.device)
+            output = self.model([tensor])[0]
         keep = (output["labels"] == 1) & (output["scores"] >= self.score_threshold)
         boxes = output["boxes"][keep].cpu().numpy()
         scores = output["scores"][keep].cpu().numpy()
@@ -107,37 +131,69 @@ class TorchvisionPersonDetector:
                 for (x1, y1, x2, y2), s in zip(boxes, scores)]
 
 
-def person_crops(image: np.ndarray, boxes: Sequence[tuple[list[float], float]],
-                 codec: HeatmapCodec, image_id: int, padding: float = 1.25,
-                 crop_geometry: str = "reference", clip_boxes: bool = False) -> list[dict]:
-    """One evaluation-style sample per box, as TopDownCocoDataset would give it for detector
-    boxes (``clip_boxes`` and ``crop_geometry`` as its ``clip_detection_boxes`` and
-    ``crop_geometry``); a box without area, or with nothing in the image once clipped, is
-    dropped."""
-    height, width = codec.input_size
-    samples = []
-    for index, (box, score) in enumerate(boxes):
-        box = detection_box(box, image.shape[1], image.shape[0], clip_boxes)
-        if box is None:
-            continue
-        center, scale = box_to_center_scale(box, width / height, padding)
-        matrix = crop_matrix(center, scale, 0.0, (width, height), geometry=crop_geometry)
-        samples.append({"image": normalize(warp(image, matrix, (width, height))),
-                        "inv_matrix": torch.from_numpy(invert_affine(matrix)),
-                        "image_id": image_id, "score": score,
-                        "area": float(scale[0] * scale[1]), "index": index})
-    return samples
+def whole_image(image: np.ndarray) -> list[tuple[list[float], float]]:
+    return [([0.0, 0.0, float(image.shape[1]), float(image.shape[0])], 1.0)]
 
 
-def predict_people(heatmap_fn: HeatmapFn, image: np.ndarray,
-                   boxes: Sequence[tuple[list[float], float]], codec: HeatmapCodec,
-                   image_id: int, batch_size: int = 32, nms_threshold: Optional[float] = 0.9,
-                   keypoint_score_threshold: float = 0.2, padding: float = 1.25,
-                   crop_geometry: str = "reference", clip_boxes: bool = False) -> list[dict]:
-    """COCO keypoint results for the people in ``boxes`` of one image."""
-    samples = person_crops(image, boxes, codec, image_id, padding, crop_geometry, clip_boxes)
-    if not samples:
-        return []
-    loader = torch.utils.data.DataLoader(samples, batch_size=batch_size)
-    predictions = predict(heatmap_fn, loader, codec)
-    return make_results(predictions, keypoint_score_threshold, nms_threshold)
+def draw(image: np.ndarray, people: list[dict], estimator: PoseEstimator, boxes: Boxes,
+         keypoint_threshold: float, draw_boxes: bool) -> np.ndarray:
+    count = len(estimator.keypoint_set)
+    keypoints = np.array([p["keypoints"] for p in people], dtype=float).reshape(-1, count, 3)
+    box_array = np.array([b for b, _ in boxes]) if draw_boxes and len(boxes) else None
+    return draw_skeletons(image, keypoints, keypoint_threshold, box_array,
+                          keypoint_set=estimator.keypoint_set)
+
+
+def annotate_video(path: Path, video_out: Path, json_out: Path, estimator: PoseEstimator,
+                   boxes_of: Callable[[np.ndarray], Boxes], keypoint_threshold: float,
+                   draw_boxes: bool) -> tuple[int, float]:
+    """An annotated MPEG-4 video and one JSON of per-frame results; (frames, seconds)."""
+    from tqdm import tqdm
+
+    capture = cv2.VideoCapture(str(path))
+    if not capture.isOpened():
+        raise DataError(f"video file {path} could not be opened (not a video OpenCV reads)")
+    fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
+    width = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH))
+    height = int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
+    total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None
+    video_out.parent.mkdir(parents=True, exist_ok=True)
+    partial = video_out.with_name(f".{video_out.stem}.partial.mp4")
+    writer = cv2.VideoWriter(str(partial), cv2.VideoWriter_fourcc(*"mp4v"), fps,
+                             (width, height))
+    frames, start = [], time.perf_counter()
+    try:
+        if not writer.isOpened():
+            raise DataError(f"could not write an MPEG-4 video to {partial.parent}")
+        for index in tqdm(range(total or 10 ** 9), total=total, desc=path.name, leave=False):
+            ok, bgr = capture.read()
+            if not ok:
+                break
+            image = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+            boxes = boxes_of(image)
+            people = estimator(image, boxes, image_id=index)
+            picture = draw(image, people, estimator, boxes, keypoint_threshold, draw_boxes)
+            writer.write(cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
+            frames.append({"frame": index, "people": people})
+    finally:
+        capture.release()
+        writer.release()
+    seconds = time.perf_counter() - start
+    if not frames:
+        partial.unlink(missing_ok=True)
+        raise DataError(f"video file {path} has no readable frame")
+    os.replace(partial, video_out)
+    atomic_write_json(json_out, {"video": str(path), "fps": fps, "frames": frames})
+    return len(frames), seconds
+
+
+def write_picture(picture: np.ndarray, target: Path) -> None:
+    """The picture in the input's own format (its suffix), written atomically."""
+    from pose.utils import atomic_write
+
+    ok, encoded = cv2.imencode(target.suffix or ".jpg",
+                               cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise DataError(f"could not encode the picture for {target} as {target.suffix}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(target, lambda f: f.write(encoded.tobytes()), mode="wb")

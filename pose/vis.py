@@ -1,4 +1,5 @@
-"""Drawing skeletons on images: COCO limbs, left side blue, right side orange, centre green.
+"""Drawing skeletons on images: the keypoint set's limbs (COCO's by default), left side blue,
+right side orange, centre green.
 
 OpenCV draws (torchvision's draw_keypoints cannot colour limbs: its lines are always white).
 """
@@ -9,23 +10,24 @@ from typing import Optional
 import cv2
 import numpy as np
 
-from pose.data.keypoints import NUM_KEYPOINTS, SKELETON, is_left, is_right
+from pose.data.keypoints import COCO_KEYPOINTS, KeypointSet
 
 LEFT_COLOUR, RIGHT_COLOUR, CENTRE_COLOUR = (40, 140, 255), (255, 120, 30), (60, 220, 60)
 
 
-def _side_colour(a: int, b: Optional[int] = None) -> tuple[int, int, int]:
+def _side_colour(keypoint_set: KeypointSet, a: int,
+                 b: Optional[int] = None) -> tuple[int, int, int]:
     joints = (a,) if b is None else (a, b)
-    if all(is_left(j) for j in joints):
+    if all(keypoint_set.is_left(j) for j in joints):
         return LEFT_COLOUR
-    if all(is_right(j) for j in joints):
+    if all(keypoint_set.is_right(j) for j in joints):
         return RIGHT_COLOUR
     return CENTRE_COLOUR
 
 
 def draw_skeletons(image: np.ndarray, keypoints: np.ndarray, score_threshold: float = 0.3,
                    boxes: Optional[np.ndarray] = None, width: int = 2,
-                   radius: int = 3) -> np.ndarray:
+                   radius: int = 3, keypoint_set: KeypointSet = COCO_KEYPOINTS) -> np.ndarray:
     """Draw people on an RGB uint8 (H, W, 3) image; returns a new image.
 
     ``keypoints``: (N, K, 3) image pixels + score (or COCO visibility); joints whose score is
@@ -35,12 +37,14 @@ def draw_skeletons(image: np.ndarray, keypoints: np.ndarray, score_threshold: fl
     canvas = np.ascontiguousarray(image).copy()
     for x, y, w, h in ([] if boxes is None else np.asarray(boxes, dtype=float)):
         cv2.rectangle(canvas, (int(x), int(y)), (int(x + w), int(y + h)), (255, 255, 255), 1)
-    for person in np.asarray(keypoints, dtype=float).reshape(-1, NUM_KEYPOINTS, 3):
+    for person in np.asarray(keypoints, dtype=float).reshape(-1, len(keypoint_set), 3):
         shown = person[:, 2] > score_threshold
         points = [(int(round(x)), int(round(y))) for x, y in person[:, :2]]
-        for a, b in SKELETON:
+        for a, b in keypoint_set.skeleton:
             if shown[a] and shown[b]:
-                cv2.line(canvas, points[a], points[b], _side_colour(a, b), width, cv2.LINE_AA)
+                cv2.line(canvas, points[a], points[b], _side_colour(keypoint_set, a, b), width,
+                         cv2.LINE_AA)
         for j in np.flatnonzero(shown):
-            cv2.circle(canvas, points[j], radius, _side_colour(j), -1, cv2.LINE_AA)
+            cv2.circle(canvas, points[j], radius, _side_colour(keypoint_set, j), -1,
+                       cv2.LINE_AA)
     return canvas

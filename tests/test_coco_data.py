@@ -6,7 +6,7 @@ import torch
 
 from pose.data.coco import TopDownCocoDataset, load_coco
 from pose.data.heatmap import HeatmapCodec
-from pose.data.keypoints import flip_permutation
+from pose.data.keypoints import COCO_KEYPOINTS, flip_permutation
 from pose.data.transforms import apply_affine
 from pose.engine.inference import predict, target_heatmaps
 from pose.errors import DataError
@@ -84,7 +84,7 @@ def test_corrupt_image_is_an_error_naming_the_file(tmp_path):
            "annotations": [{"id": 1, "image_id": 7, "category_id": 1, "iscrowd": 0,
                             "bbox": [10, 10, 50, 60], "area": 3000,
                             "keypoints": [30, 30, 2] * 17, "num_keypoints": 17}],
-           "categories": [{"id": 1, "name": "person"}]}
+           "categories": [COCO_KEYPOINTS.to_category()]}
     (tmp_path / "ann.json").write_text(json.dumps(ann))
     dataset = TopDownCocoDataset(tmp_path / "ann.json", tmp_path / "images",
                                  HeatmapCodec((64, 48)))

@@ -15,7 +15,7 @@ from pose.config import Config
 from pose.data.build import build_dataset, make_codec
 from pose.data.coco import Augmentation, TopDownCocoDataset
 from pose.data.heatmap import HeatmapCodec
-from pose.data.keypoints import FLIP_PAIRS
+from pose.data.keypoints import COCO_KEYPOINTS, FLIP_PAIRS
 from pose.data.transforms import apply_affine
 from pose.evaluation.coco_eval import oks_nms
 
@@ -161,7 +161,7 @@ def one_person(tmp_path):
            "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "iscrowd": 0,
                             "bbox": box, "area": 5000.0, "num_keypoints": 16,
                             "keypoints": joints.reshape(-1).tolist()}],
-           "categories": [{"id": 1, "name": "person"}]}
+           "categories": [COCO_KEYPOINTS.to_category()]}
     (tmp_path / "ann.json").write_text(json.dumps(ann))
     dets = [{"image_id": 1, "category_id": 1, "bbox": [-30.5, 10.2, 100.3, 80.8], "score": 0.9},
             {"image_id": 1, "category_id": 1, "bbox": [100.4, -20.1, 80.0, 150.6], "score": 0.8},

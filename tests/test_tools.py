@@ -43,14 +43,14 @@ def test_demo_on_coco_sample_writes_a_picture_and_coco_json_per_image(coco_sampl
     images = sorted((coco_sample / "images").glob("*.jpg"))
     assert len(images) == 4
     for image_path in images:
-        results = json.loads((tmp_path / "out" / f"{image_path.stem}.json").read_text())
+        results = json.loads((tmp_path / "out" / f"{image_path.name}.json").read_text())
         assert results, image_path
         for r in results:
             assert set(r) == {"image_id", "category_id", "keypoints", "score"}
             assert r["image_id"] == int(image_path.stem) and r["category_id"] == 1
             assert len(r["keypoints"]) == 51 and isinstance(r["score"], float)
         original = cv2.imread(str(image_path)).astype(int)
-        picture = cv2.imread(str(tmp_path / "out" / f"{image_path.stem}.jpg")).astype(int)
+        picture = cv2.imread(str(tmp_path / "out" / image_path.name)).astype(int)
         assert picture.shape == original.shape
         difference = np.abs(picture - original).max(axis=2)
         assert np.median(difference) <= 4  # the image itself is kept (JPEG aside) ...
@@ -77,8 +77,8 @@ def test_demo_skips_unreadable_files_and_goes_on(coco_sample, tmp_path):
                       "--boxes", "100,50,200,300")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "skipped" in result.stdout and "broken.jpg" in result.stdout
-    assert (tmp_path / "out/good.jpg").is_file() and (tmp_path / "out/good.json").is_file()
-    assert not (tmp_path / "out/broken.json").exists()
+    assert (tmp_path / "out/good.jpg").is_file() and (tmp_path / "out/good.jpg.json").is_file()
+    assert not (tmp_path / "out/broken.jpg.json").exists()
 
 
 def test_demo_detector_without_weights_is_a_clear_error(coco_sample, tmp_path):
@@ -178,25 +178,27 @@ def test_browse_dataset_writes_crops_with_targets(synthetic_data, tmp_path):
     assert crop.shape == (96, 2 * 64, 3)  # the crop beside its target heatmaps
 
 
-@pytest.mark.parametrize("clip", [False, True])
-def test_demo_crops_boxes_like_the_dataset(clip):
+@pytest.mark.parametrize("clip,geometry", [(False, "reference"), (True, "centred")])
+def test_the_inference_path_crops_boxes_as_the_config_says(clip, geometry):
     from pose.data.coco import clip_box
-    from pose.data.heatmap import HeatmapCodec
     from pose.data.transforms import box_to_center_scale, crop_matrix, invert_affine
-    from pose.demo import person_crops
+    from pose.estimator import PoseEstimator
 
-    codec = HeatmapCodec((64, 48))
+    cfg = load_config(SYNTHETIC_CONFIG, ["data.input_size=[64, 32]", "data.padding=1.4",
+                                         f"data.clip_detection_boxes={str(clip).lower()}",
+                                         f"data.crop_geometry={geometry}"])
+    estimator = PoseEstimator(lambda batch: None, cfg)
     image = np.zeros((100, 80, 3), dtype=np.uint8)
     inside, overhanging, outside = [10, 20, 30, 40], [60, -10, 50, 60], [200, 200, 10, 10]
     empty = [5, 5, 0, 10]
     boxes = [(inside, 0.9), (overhanging, 0.8), (outside, 0.7), (empty, 0.6)]
-    samples = person_crops(image, boxes, codec, 5, clip_boxes=clip)
+    samples = estimator.crops_of(image, boxes, 5)
     # a box without area is dropped; one outside the image only when clipping
     kept = [0, 1] if clip else [0, 1, 2]
     assert [s["index"] for s in samples] == kept
     for sample, index in zip(samples, kept):
         box = clip_box(boxes[index][0], 80, 100) if clip else boxes[index][0]
-        center, scale = box_to_center_scale(box, 48 / 64, 1.25)
-        expected = invert_affine(crop_matrix(center, scale, 0.0, (48, 64)))
+        center, scale = box_to_center_scale(box, 32 / 64, cfg.data.padding)
+        expected = invert_affine(crop_matrix(center, scale, 0.0, (32, 64), geometry=geometry))
         np.testing.assert_allclose(sample["inv_matrix"].numpy(), expected)
-        assert sample["image"].shape == (3, 64, 48) and sample["image_id"] == 5
+        assert sample["image"].shape == (3, 64, 32) and sample["image_id"] == 5

@@ -4,7 +4,9 @@ import pytest
 import torch
 
 from pose.data.heatmap import HeatmapCodec
-from pose.data.keypoints import FLIP_PAIRS, KEYPOINT_NAMES, flip_permutation
+from pose.data.keypoints import (COCO_KEYPOINTS, FLIP_PAIRS, KEYPOINT_NAMES, KeypointSet,
+                                 flip_permutation)
+from pose.errors import DataError
 from pose.data.transforms import (apply_affine, box_to_center_scale, crop_matrix, invert_affine,
                                   warp)
 
@@ -14,6 +16,43 @@ def test_flip_pairs_swap_left_and_right_names():
         assert KEYPOINT_NAMES[left].replace("left", "right") == KEYPOINT_NAMES[right]
     perm = flip_permutation()
     assert (perm[perm] == np.arange(17)).all()
+    # the set derives the same pairs from the names alone
+    expected = np.arange(17)
+    for left, right in FLIP_PAIRS:
+        expected[left], expected[right] = right, left
+    assert (COCO_KEYPOINTS.flip_permutation() == expected).all()
+    assert COCO_KEYPOINTS.lower_body == tuple(range(11, 17))
+    assert COCO_KEYPOINTS.upper_body == tuple(range(11))
+
+
+def test_a_keypoint_set_from_a_category_of_other_names():
+    # CrowdPose's 14 keypoints, in its own order and naming
+    names = ["left_shoulder", "right_shoulder", "left_elbow", "right_elbow", "left_wrist",
+             "right_wrist", "left_hip", "right_hip", "left_knee", "right_knee", "left_ankle",
+             "right_ankle", "head", "neck"]
+    category = {"id": 1, "name": "person", "keypoints": names,
+                "skeleton": [[13, 14], [14, 1], [14, 2], [1, 3]]}
+    with pytest.raises(DataError, match=r"data.oks_sigmas: a list of 14"):
+        KeypointSet.from_category(category, "crowdpose.json")
+    sigmas = [0.079] * 12 + [0.026, 0.026]
+    keypoint_set = KeypointSet.from_category(category, "crowdpose.json", sigmas)
+    perm = keypoint_set.flip_permutation()
+    assert [names[i] for i in perm[:4]] == ["right_shoulder", "left_shoulder", "right_elbow",
+                                             "left_elbow"]
+    assert perm[12] == 12 and perm[13] == 13  # head and neck have no side
+    assert keypoint_set.skeleton == ((12, 13), (13, 0), (13, 1), (0, 2))
+    assert keypoint_set.lower_body == tuple(range(6, 12))
+    assert KeypointSet.from_dict(keypoint_set.to_dict()) == keypoint_set
+    # other spellings of the sides: l_/r_ prefixes and _left/_right suffixes
+    other = KeypointSet(("l_ankle", "r_ankle", "wrist_left", "wrist_right", "pelvis"), (),
+                        (0.1,) * 5)
+    assert list(other.flip_permutation()) == [1, 0, 3, 2, 4]
+    for bad, message in (({"id": 1, "keypoints": []}, "non-empty list"),
+                         ({"id": 1, "keypoints": ["a", "a"]}, "twice"),
+                         ({"id": 1, "keypoints": ["a", "b"], "skeleton": [[1, 3]]},
+                          r"skeleton\[0\]")):
+        with pytest.raises(DataError, match=message):
+            KeypointSet.from_category(bad, "f.json", [0.1, 0.1])
 
 
 @pytest.mark.parametrize("geometry,mirror", [("reference", 192), ("centred", 191)])
@@ -34,7 +73,8 @@ def test_flipping_keypoints_twice_is_identity(geometry, mirror):
 
 def test_flipping_heatmaps_back_twice_is_identity():
     heatmaps = torch.randn(2, 17, 8, 6)
-    twice = HeatmapCodec.flip_back(HeatmapCodec.flip_back(heatmaps, False), False)
+    perm = flip_permutation()
+    twice = HeatmapCodec.flip_back(HeatmapCodec.flip_back(heatmaps, perm, False), perm, False)
     assert torch.equal(twice, heatmaps)
 
 

@@ -1,38 +1,41 @@
-"""Draw predicted skeletons on images and write the predictions as COCO keypoint results.
+"""Draw predicted skeletons on images and videos; write the predictions as COCO keypoint results.
 
-    python tools/demo.py --config CONFIG --checkpoint best.pth --input IMG_OR_DIR --out DIR \
-        [--det-file F [--ann-file A] | --boxes "x,y,w,h;..." | --whole-image |
+    python tools/demo.py --config CONFIG --checkpoint best.pth --input IMG_DIR_OR_VIDEO --out DIR \
+        [--recursive] [--det-file F [--ann-file A] | --boxes "x,y,w,h;..." | --whole-image |
          --detector torchvision --detector-weights PATH]
+
+Each input keeps its name under --out (a.jpg -> DIR/a.jpg and DIR/a.jpg.json); a video gives
+an annotated MPEG-4 video and one JSON of per-frame results. The poses come from the
+evaluation's own path (pose.estimator.PoseEstimator) with the config's settings.
 """
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-import cv2
-import numpy as np
-
 from pose.cli import add_config_arguments, config_from_args, run
-from pose.data.build import make_codec
-from pose.data.keypoints import NUM_KEYPOINTS
-from pose.demo import (DetectionFile, TorchvisionPersonDetector, list_images, parse_boxes,
-                       predict_people, read_rgb)
-from pose.engine.inference import model_heatmaps
-from pose.engine.runner import AMP_DTYPES, model_from_checkpoint, resolve_device
-from pose.errors import DataError
-from pose.utils import atomic_write, atomic_write_json
-from pose.vis import draw_skeletons
+from pose.demo import (DetectionFile, TorchvisionPersonDetector, annotate_video, draw,
+                       is_video, list_inputs, output_paths, parse_boxes, whole_image,
+                       write_picture)
+from pose.data.coco import read_rgb
+from pose.errors import DataError, PoseError
+from pose.engine.runner import resolve_device
+from pose.estimator import PoseEstimator
+from pose.utils import atomic_write_json
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_config_arguments(parser)
     parser.add_argument("--checkpoint", required=True)
-    parser.add_argument("--input", required=True, help="an image or a folder of images")
-    parser.add_argument("--out", required=True, help="folder for pictures and JSON files")
+    parser.add_argument("--input", required=True,
+                        help="an image, a video, or a folder of images and videos")
+    parser.add_argument("--recursive", action="store_true", help="also the input folder's "
+                        "subfolders (their structure is kept under --out)")
+    parser.add_argument("--out", required=True, help="folder for pictures, videos and JSON")
     boxes = parser.add_mutually_exclusive_group()
-    boxes.add_argument("--det-file", help="COCO detection results with person boxes")
-    boxes.add_argument("--boxes", help="'x,y,w,h;...' person boxes for every image")
+    boxes.add_argument("--det-file", help="COCO detection results with person boxes (images)")
+    boxes.add_argument("--boxes", help="'x,y,w,h;...' person boxes for every image or frame")
     boxes.add_argument("--whole-image", action="store_true", help="one person: the whole "
                        "image (the default when no boxes are given)")
     boxes.add_argument("--detector", choices=("torchvision",),
@@ -47,57 +50,66 @@ def main(argv=None) -> int:
     parser.add_argument("--no-flip", action="store_true")
     args = parser.parse_args(argv)
     cfg = config_from_args(args)
-    device = resolve_device(cfg)
-    images = list_images(args.input)
-    model = model_from_checkpoint(cfg, args.checkpoint, device)
-    heatmap_fn = model_heatmaps(model, device, cfg.eval.flip_test and not args.no_flip,
-                                cfg.eval.shift_heatmap, AMP_DTYPES[cfg.train.amp])
-    codec = make_codec(cfg)
+    if args.ann_file and not args.det_file:
+        raise PoseError("--ann-file maps file names to image ids for --det-file; give both")
+    inputs = list_inputs(args.input, args.recursive)
+    root, out = Path(args.input), Path(args.out)
+    if any(out.resolve() == p.parent.resolve() for p in inputs):
+        raise PoseError(f"--out {out} is the input folder: the pictures would overwrite the "
+                        f"inputs; choose another folder")
     detections = DetectionFile(args.det_file, args.box_threshold, args.ann_file) \
         if args.det_file else None
-    detector = TorchvisionPersonDetector(args.detector_weights, device, args.box_threshold) \
+    if detections and any(is_video(p) for p in inputs):
+        video = next(p for p in inputs if is_video(p))
+        raise PoseError(f"--det-file gives boxes per image id, not per video frame ({video}): "
+                        f"use --boxes, --whole-image or --detector for videos")
+    estimator = PoseEstimator.from_checkpoint(cfg, args.checkpoint,
+                                              flip_test=cfg.eval.flip_test and not args.no_flip)
+    detector = TorchvisionPersonDetector(args.detector_weights, resolve_device(cfg),
+                                         args.box_threshold) \
         if args.detector else None
     fixed = parse_boxes(args.boxes) if args.boxes else None
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+
+    def boxes_of(image, path=None):
+        if detections:
+            return detections.boxes(path)
+        if detector:
+            return detector(image)
+        return fixed if fixed else whole_image(image)
 
     from tqdm import tqdm
 
-    written, skipped = 0, []
+    pictures, videos, skipped = 0, 0, []
+    images = [p for p in inputs if not is_video(p)]
     for index, path in enumerate(tqdm(images, desc="demo", disable=len(images) < 2)):
         try:
             image = read_rgb(path)
             image_id = detections.image_id(path) if detections else index
-            if detections:
-                boxes = detections.boxes(path)
-            elif detector:
-                boxes = detector(image)
-            elif fixed:
-                boxes = fixed
-            else:
-                boxes = [([0.0, 0.0, float(image.shape[1]), float(image.shape[0])], 1.0)]
+            boxes = boxes_of(image, path)
         except DataError as error:
             skipped.append(f"{path}: {error}")
             continue
-        results = predict_people(heatmap_fn, image, boxes, codec, image_id,
-                                 nms_threshold=cfg.eval.oks_nms_threshold,
-                                 keypoint_score_threshold=cfg.eval.keypoint_score_threshold,
-                                 padding=cfg.data.padding, crop_geometry=cfg.data.crop_geometry,
-                                 clip_boxes=cfg.data.clip_detection_boxes)
-        keypoints = np.array([r["keypoints"] for r in results]).reshape(-1, NUM_KEYPOINTS, 3)
-        box_array = np.array([b for b, _ in boxes]) if args.draw_boxes and boxes else None
-        picture = draw_skeletons(image, keypoints, args.kpt_threshold, box_array)
-        ok, encoded = cv2.imencode(".jpg", cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
-        if not ok:
-            raise DataError(f"could not encode the picture for {path} as JPEG")
-        atomic_write(out / f"{path.stem}.jpg", lambda f: f.write(encoded.tobytes()), mode="wb")
-        atomic_write_json(out / f"{path.stem}.json", results)
-        written += 1
+        people = estimator(image, boxes, image_id)
+        if not people:
+            print(f"{path}: no person ({len(boxes)} box(es) given, none kept)")
+        picture_out, json_out = output_paths(path, root, out)
+        write_picture(draw(image, people, estimator, boxes, args.kpt_threshold,
+                           args.draw_boxes), picture_out)
+        atomic_write_json(json_out, people)
+        pictures += 1
+    for path in (p for p in inputs if is_video(p)):
+        video_out, json_out = output_paths(path, root, out)
+        frames, seconds = annotate_video(path, video_out, json_out, estimator, boxes_of,
+                                         args.kpt_threshold, args.draw_boxes)
+        print(f"{path}: {frames} frames at {frames / max(seconds, 1e-9):.1f} frames/s -> "
+              f"{video_out}, {json_out}")
+        videos += 1
     for line in skipped:
         print(f"skipped {line}")
-    print(f"wrote {written} picture(s) and JSON file(s) to {out}"
+    print(f"wrote {pictures} picture(s)" + (f" and {videos} video(s)" if videos else "")
+          + f" with their JSON results to {out}"
           + (f"; skipped {len(skipped)} unreadable file(s)" if skipped else ""))
-    return 0 if written or not images else 1
+    return 0 if pictures or videos or not inputs else 1
 
 
 if __name__ == "__main__":

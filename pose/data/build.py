@@ -30,11 +30,11 @@ def build_dataset(cfg: Config, train: bool, use_gt_boxes: Optional[bool] = None,
         return TopDownCocoDataset(data_path(cfg, d.train_ann), data_path(cfg, d.train_images),
                                   make_codec(cfg), train=True, augmentation=aug,
                                   padding=d.padding, seed=cfg.runtime.seed,
-                                  crop_geometry=d.crop_geometry)
+                                  crop_geometry=d.crop_geometry, sigmas=d.oks_sigmas)
     gt_boxes = cfg.eval.use_gt_boxes if use_gt_boxes is None else use_gt_boxes
     boxes = None if gt_boxes else str(data_path(cfg, det_file or d.det_file))
     return TopDownCocoDataset(data_path(cfg, d.val_ann), data_path(cfg, d.val_images),
                               make_codec(cfg), train=False, det_file=boxes,
                               det_score_threshold=d.det_score_threshold, padding=d.padding,
                               crop_geometry=d.crop_geometry,
-                              clip_detection_boxes=d.clip_detection_boxes)
+                              clip_detection_boxes=d.clip_detection_boxes, sigmas=d.oks_sigmas)

@@ -8,9 +8,10 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional, Sequence
 
 import albumentations as A
 import cv2
@@ -20,67 +21,59 @@ from pycocotools.coco import COCO
 from torch.utils.data import Dataset
 
 from pose.data.heatmap import HeatmapCodec
-from pose.data.keypoints import NUM_KEYPOINTS, flip_permutation
 from pose.data.transforms import (apply_affine, box_to_center_scale, crop_matrix,
                                   half_body_center_scale, invert_affine, warp)
-from pose.errors import DataError
+from pose.data.validate import DataReport, check_detections, check_keypoint_file
+from pose.errors import DataError, DataWarning
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32) * 255
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32) * 255
 PERSON_CATEGORY = 1
 
 
-def load_coco(path: str | Path) -> COCO:
-    """Load a COCO annotation file, with errors that name the file and what is wrong."""
+def read_json(path: str | Path, what: str) -> Any:
+    """A JSON file's content; errors name the file and what is wrong."""
     path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{what} {path} is a folder, not a JSON file")
     if not path.is_file():
-        raise DataError(f"annotation file not found: {path}")
+        raise DataError(f"{what} not found: {path}")
     try:
-        data = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise DataError(f"annotation file {path} is not valid JSON: {error}") from None
-    if not isinstance(data, dict):
-        raise DataError(f"annotation file {path} is not in COCO format (top level is a "
-                        f"{type(data).__name__}, not an object)")
-    for key in ("images", "annotations", "categories"):
-        if not isinstance(data.get(key), list):
-            raise DataError(f"annotation file {path} is not in COCO format: missing list "
-                            f"'{key}'")
+        raise DataError(f"{what} {path} is not valid JSON: {error}") from None
+
+
+def load_keypoint_file(path: str | Path, image_dir: Optional[str | Path] = None,
+                       sigmas: Optional[Sequence[float]] = None) -> tuple[COCO, DataReport]:
+    """A COCO keypoint file, checked (``pose.data.validate``; with ``image_dir``, every image
+    file looked up) and indexed by pycocotools. What was repaired or skipped is one warning."""
+    path = Path(path)
+    data = read_json(path, "annotation file")
+    report = check_keypoint_file(path, data, Path(image_dir) if image_dir else None, sigmas)
+    if report.warning():
+        warnings.warn(report.warning(), DataWarning)
     coco = COCO()
     coco.dataset = data
     with contextlib.redirect_stdout(io.StringIO()):
         coco.createIndex()
-    return coco
+    return coco, report
 
 
-def read_detection_file(path: str | Path, score_threshold: float = 0.0) -> list[dict]:
+def load_coco(path: str | Path) -> COCO:
+    """A checked COCO keypoint file, indexed by pycocotools."""
+    return load_keypoint_file(path)[0]
+
+
+def read_detection_file(path: str | Path, score_threshold: float = 0.0,
+                        image_ids=None, category_id: int = PERSON_CATEGORY) -> list[dict]:
     """Person detections (``image_id``, ``bbox`` x, y, w, h, ``score``) of a COCO detection
-    results file with a score of at least ``score_threshold``; errors name the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"detection file not found: {path}")
-    try:
-        detections = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise DataError(f"detection file {path} is not valid JSON: {error}") from None
-    if not isinstance(detections, list):
-        raise DataError(f"detection file {path} must hold a list of detections")
-    for i, det in enumerate(detections):
-        missing = {"image_id", "bbox", "score"} - set(det)
-        if missing:
-            raise DataError(f"detection file {path}: entry {i} lacks {', '.join(sorted(missing))}")
-    return [d for d in detections if d.get("category_id", PERSON_CATEGORY) == PERSON_CATEGORY
+    results file with a score of at least ``score_threshold``; every entry is checked (and
+    its image id against ``image_ids`` when given), errors name the file and the entry."""
+    detections = read_json(path, "detection file")
+    check_detections(Path(path), detections, image_ids)
+    return [d for d in detections if d.get("category_id", category_id) == category_id
             and d["score"] >= score_threshold]
-
-
-def load_detections(path: str | Path, coco: COCO, score_threshold: float) -> list[dict]:
-    """Person boxes from a COCO detection results file, checked against ``coco``'s images."""
-    detections = read_detection_file(path, score_threshold)
-    unknown = sorted({d["image_id"] for d in detections} - set(coco.imgs))
-    if unknown:
-        raise DataError(f"detection file {path} has image ids absent from the annotations: "
-                        f"{unknown[:10]}{' ...' if len(unknown) > 10 else ''}")
-    return detections
 
 
 @dataclass
@@ -118,6 +111,31 @@ def detection_box(box, width: int, height: int,
     return (x, y, w, h) if w > 0 and h > 0 else None
 
 
+@dataclass(frozen=True)
+class CropSettings:
+    """How a person box becomes a model input: the evaluation's crop, also the demo's and the
+    Python API's (``pose.inference``), so that they cannot drift apart."""
+    input_size: tuple[int, int]  # crop (height, width)
+    padding: float = 1.25
+    crop_geometry: str = "reference"
+    clip_detection_boxes: bool = False
+
+    def detection_center_scale(self, box, image_width: int, image_height: int):
+        """(centre, scale) of a detector box's crop, or None for a box without a crop."""
+        box = detection_box(box, image_width, image_height, self.clip_detection_boxes)
+        if box is None:
+            return None
+        height, width = self.input_size
+        return box_to_center_scale(box, width / height, self.padding)
+
+    def crop(self, image: np.ndarray, center, scale, rotation: float = 0.0,
+             flip: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """(uint8 crop, 2x3 matrix image pixels -> crop pixels)."""
+        height, width = self.input_size
+        matrix = crop_matrix(center, scale, rotation, (width, height), flip, self.crop_geometry)
+        return warp(image, matrix, (width, height)), matrix
+
+
 class TopDownCocoDataset(Dataset):
     """Args:
         ann_file: COCO person-keypoint annotation file.
@@ -125,12 +143,16 @@ class TopDownCocoDataset(Dataset):
         codec: heatmap codec (fixes the crop size and heatmap size).
         train: training mode (GT boxes, augmentation) or evaluation mode.
         det_file: evaluation boxes from this detection results file instead of GT boxes.
+        sigmas: OKS sigmas of a keypoint set other than COCO's (``data.oks_sigmas``).
         crop_geometry: where the box centre lands in the crop (``pose.data.transforms``).
         clip_detection_boxes: clip detector boxes to the image before cropping (GT boxes
             are always clipped, as the reference does).
         augmentation: training augmentation settings.
         seed: base seed; sample i of epoch e is augmented with a generator seeded by
             (seed, e, i), so results do not depend on worker count or order.
+
+    The file is checked before anything else (``pose.data.validate``); its keypoint
+    category fixes the keypoint set (``keypoint_set``: names, skeleton, flip pairs, sigmas).
 
     A sample is a dict: ``image`` (3, H, W) normalised float tensor, ``heatmaps`` (K, h, w),
     ``weights`` (K,), ``inv_matrix`` (2, 3) crop pixels -> image pixels, ``image_id``,
@@ -142,13 +164,18 @@ class TopDownCocoDataset(Dataset):
                  det_file: Optional[str] = None, det_score_threshold: float = 0.0,
                  augmentation: Optional[Augmentation] = None, padding: float = 1.25,
                  seed: int = 0, crop_geometry: str = "reference",
-                 clip_detection_boxes: bool = False) -> None:
-        self.coco = load_coco(ann_file)
+                 clip_detection_boxes: bool = False,
+                 sigmas: Optional[Sequence[float]] = None) -> None:
         self.ann_file, self.image_dir = Path(ann_file), Path(image_dir)
-        if not self.image_dir.is_dir():
+        folder = self.image_dir.is_dir()
+        self.coco, self.report = load_keypoint_file(ann_file, image_dir if folder else None,
+                                                    sigmas)
+        if not folder:
             raise DataError(f"image folder not found: {self.image_dir}")
+        self.keypoint_set = self.report.keypoint_set
+        self.flip_perm = self.keypoint_set.flip_permutation()
         self.codec, self.train, self.padding, self.seed = codec, train, padding, seed
-        self.crop_geometry, self.clip_detection_boxes = crop_geometry, clip_detection_boxes
+        self.crops = CropSettings(codec.input_size, padding, crop_geometry, clip_detection_boxes)
         self.augmentation = (augmentation or Augmentation()) if train else None
         height, width = codec.input_size
         self.aspect_ratio = width / height
@@ -164,34 +191,34 @@ class TopDownCocoDataset(Dataset):
         return self.image_dir / self.coco.imgs[image_id]["file_name"]
 
     def _gt_samples(self) -> list[dict]:
-        samples = []
+        samples, count = [], len(self.keypoint_set)
         for image_id, image in self.coco.imgs.items():
             for ann in self.coco.imgToAnns.get(image_id, []):
-                if ann.get("iscrowd", 0) or ann.get("category_id") != PERSON_CATEGORY:
+                if ann["iscrowd"] or ann["category_id"] != self.keypoint_set.category_id:
                     continue
-                keypoints = np.array(ann.get("keypoints", []), dtype=np.float64)
-                if keypoints.size != NUM_KEYPOINTS * 3 or keypoints[2::3].max() <= 0:
+                keypoints = np.array(ann["keypoints"], dtype=np.float64).reshape(count, 3)
+                if keypoints[:, 2].max() <= 0:
                     continue
                 box = clip_box(ann["bbox"], image["width"], image["height"])
-                if box is None or ann.get("area", 1) <= 0:
+                if box is None or ann["area"] <= 0:
                     continue
                 center, scale = box_to_center_scale(box, self.aspect_ratio, self.padding)
                 samples.append(dict(image_id=image_id, center=center, scale=scale, score=1.0,
-                                    keypoints=keypoints.reshape(NUM_KEYPOINTS, 3)))
+                                    keypoints=keypoints))
         return samples
 
     def _detection_samples(self, det_file, score_threshold) -> list[dict]:
         samples = []
-        for det in load_detections(det_file, self.coco, score_threshold):
+        for det in read_detection_file(det_file, score_threshold, set(self.coco.imgs),
+                                       self.keypoint_set.category_id):
             image = self.coco.imgs[det["image_id"]]
-            box = detection_box(det["bbox"], image["width"], image["height"],
-                                self.clip_detection_boxes)
-            if box is None:
+            crop = self.crops.detection_center_scale(det["bbox"], image["width"],
+                                                     image["height"])
+            if crop is None:
                 continue
-            center, scale = box_to_center_scale(box, self.aspect_ratio, self.padding)
-            samples.append(dict(image_id=det["image_id"], center=center, scale=scale,
+            samples.append(dict(image_id=det["image_id"], center=crop[0], scale=crop[1],
                                 score=float(det["score"]),
-                                keypoints=np.zeros((NUM_KEYPOINTS, 3))))
+                                keypoints=np.zeros((len(self.keypoint_set), 3))))
         return samples
 
     def set_epoch(self, epoch: int) -> None:
@@ -201,12 +228,7 @@ class TopDownCocoDataset(Dataset):
         return len(self.samples)
 
     def read_image(self, image_id: int) -> np.ndarray:
-        path = self._image_path(image_id)
-        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if image is None:
-            reason = "missing" if not path.exists() else "unreadable or corrupt"
-            raise DataError(f"image file {path} is {reason}")
-        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+        return read_rgb(self._image_path(image_id))
 
     def _augment(self, sample: dict, rng: np.random.Generator):
         aug = self.augmentation
@@ -214,7 +236,9 @@ class TopDownCocoDataset(Dataset):
         keypoints = sample["keypoints"]
         visible = keypoints[:, 2] > 0
         if visible.sum() > 8 and rng.random() < aug.half_body_prob:
-            half = half_body_center_scale(keypoints, visible, self.aspect_ratio, rng)
+            half = half_body_center_scale(keypoints, visible, self.aspect_ratio, rng,
+                                          self.keypoint_set.upper_body,
+                                          self.keypoint_set.lower_body)
             if half is not None:
                 center, scale = half
         scale = scale * (1.0 + np.clip(rng.standard_normal(), -1, 1) * aug.scale_factor)
@@ -227,14 +251,12 @@ class TopDownCocoDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         sample = self.samples[index]
         image = self.read_image(sample["image_id"])
-        height, width = self.codec.input_size
         rng = np.random.default_rng([self.seed, self.epoch, index])
         if self.train:
             center, scale, rotation, flip = self._augment(sample, rng)
         else:
             center, scale, rotation, flip = sample["center"], sample["scale"], 0.0, False
-        matrix = crop_matrix(center, scale, rotation, (width, height), flip, self.crop_geometry)
-        crop = warp(image, matrix, (width, height))
+        crop, matrix = self.crops.crop(image, center, scale, rotation, flip)
         if self.photometric is not None:
             self.photometric.set_random_seed(int(rng.integers(2 ** 31)))
             crop = self.photometric(image=crop)["image"]
@@ -243,8 +265,7 @@ class TopDownCocoDataset(Dataset):
         crop_keypoints = apply_affine(keypoints[:, :2], matrix)
         visible = keypoints[:, 2].copy()
         if flip:
-            perm = flip_permutation(len(keypoints))
-            crop_keypoints, visible = crop_keypoints[perm], visible[perm]
+            crop_keypoints, visible = crop_keypoints[self.flip_perm], visible[self.flip_perm]
         heatmaps, weights = self.codec.encode(crop_keypoints, visible)
 
         return {
@@ -258,6 +279,15 @@ class TopDownCocoDataset(Dataset):
             "index": index,
             "flipped": flip,
         }
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    """An image file as RGB uint8 (H, W, 3); a missing or corrupt file is one DataError."""
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        reason = "missing" if not Path(path).exists() else "unreadable or corrupt"
+        raise DataError(f"image file {path} is {reason}")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
 def normalize(crop: np.ndarray) -> torch.Tensor:

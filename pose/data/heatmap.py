@@ -26,8 +26,6 @@ import cv2
 import numpy as np
 import torch
 
-from pose.data.keypoints import flip_permutation
-
 
 ENCODINGS = ("reference", "unbiased")
 DECODINGS = ("quarter", "quarter_per_axis", "dark")
@@ -165,14 +163,15 @@ class HeatmapCodec:
         return np.where(ok[..., None], coords + offset, fallback)
 
     @staticmethod
-    def flip_back(heatmaps: torch.Tensor, shift: bool = True) -> torch.Tensor:
+    def flip_back(heatmaps: torch.Tensor, permutation, shift: bool = True) -> torch.Tensor:
         """Heatmaps predicted on a mirrored crop -> heatmaps for the original crop.
 
-        Mirrors the maps and swaps left/right joints. Mirroring a crop maps x to W - 1 - x,
+        Mirrors the maps and swaps left/right joints (``permutation``: the keypoint set's
+        ``flip_permutation()``). Mirroring a crop maps x to W - 1 - x,
         but mirroring a heatmap maps crop x to W - stride - x; ``shift`` moves the maps one
         heatmap pixel right to undo most of that offset (the SimpleBaselines convention).
         """
-        perm = torch.as_tensor(flip_permutation(heatmaps.shape[1]), device=heatmaps.device)
+        perm = torch.as_tensor(permutation, device=heatmaps.device)
         flipped = heatmaps.flip(3)[:, perm]
         if shift:
             flipped = torch.cat([flipped[..., :1], flipped[..., :-1]], dim=3)

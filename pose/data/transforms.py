@@ -18,7 +18,6 @@ import math
 import cv2
 import numpy as np
 
-from pose.data.keypoints import LOWER_BODY, UPPER_BODY
 
 
 def box_to_center_scale(box, aspect_ratio: float, padding: float = 1.25):
@@ -77,10 +76,12 @@ def warp(image: np.ndarray, matrix: np.ndarray, output_size) -> np.ndarray:
 
 
 def half_body_center_scale(keypoints: np.ndarray, visible: np.ndarray, aspect_ratio: float,
-                           rng: np.random.Generator, padding: float = 1.5):
-    """Centre/scale of the upper or lower body's visible joints, or None if too few."""
-    upper = [i for i in UPPER_BODY if visible[i] > 0]
-    lower = [i for i in LOWER_BODY if visible[i] > 0]
+                           rng: np.random.Generator, upper_body, lower_body,
+                           padding: float = 1.5):
+    """Centre/scale of the upper or lower body's visible joints (index lists ``upper_body``,
+    ``lower_body``), or None if too few."""
+    upper = [i for i in upper_body if visible[i] > 0]
+    lower = [i for i in lower_body if visible[i] > 0]
     chosen = upper if (rng.random() < 0.5 and len(upper) > 2) or len(lower) <= 2 else lower
     if len(chosen) < 2:
         return None

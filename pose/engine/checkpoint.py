@@ -22,6 +22,9 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
+    if path.is_dir():
+        raise PoseError(f"checkpoint {path} is a folder, not a file (a run folder holds "
+                        f"best.pth and latest.pth)")
     if not path.is_file():
         raise PoseError(f"checkpoint not found: {path}")
     try:

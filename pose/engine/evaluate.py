@@ -6,15 +6,14 @@ from typing import Optional
 
 import numpy as np
 
-from pose.config import EvalConfig
 from pose.data.coco import TopDownCocoDataset
 from pose.engine.distributed import DistInfo, gather_to_main
-from pose.engine.inference import HeatmapFn, predict
-from pose.evaluation.coco_eval import evaluate_results, make_results
+from pose.estimator import PoseEstimator
+from pose.evaluation.coco_eval import evaluate_results
 from pose.utils import atomic_write_json
 
 
-def evaluate(heatmap_fn: HeatmapFn, loader, dataset: TopDownCocoDataset, cfg: EvalConfig,
+def evaluate(estimator: PoseEstimator, loader, dataset: TopDownCocoDataset,
              info: DistInfo = DistInfo(), results_file: Optional[Path] = None,
              progress: bool = False) -> Optional[dict[str, float]]:
     """COCO stats on rank 0 (None on other ranks).
@@ -22,12 +21,13 @@ def evaluate(heatmap_fn: HeatmapFn, loader, dataset: TopDownCocoDataset, cfg: Ev
     Each rank predicts its shard; rank 0 concatenates them, drops the duplicates a
     DistributedSampler adds to even out shards, rescores, applies OKS-NMS and scores.
     """
-    local = predict(heatmap_fn, loader, dataset.codec, progress=progress and info.is_main)
+    local = estimator.predictions(loader, progress=progress and info.is_main)
     shards = gather_to_main(local, info)
     if not info.is_main:
         return None
     predictions = {key: np.concatenate([s[key] for s in shards]) for key in local}
-    results = make_results(predictions, cfg.keypoint_score_threshold, cfg.oks_nms_threshold)
+    results = estimator.results(predictions)
     if results_file is not None:
         atomic_write_json(Path(results_file), results, indent=None)
-    return evaluate_results(dataset.coco, results)
+    keypoint_set = dataset.keypoint_set
+    return evaluate_results(dataset.coco, results, sigmas=keypoint_set.oks_sigmas)

@@ -1,14 +1,14 @@
 """From crops to image-space keypoints: model forward (with flip test), decode, inverse affine."""
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Optional
 
 import numpy as np
 import torch
 from torch import nn
 
 from pose.data.heatmap import HeatmapCodec
-from pose.data.keypoints import NUM_KEYPOINTS
+from pose.data.keypoints import COCO_KEYPOINTS
 from pose.data.transforms import apply_affine
 
 HeatmapFn = Callable[[dict], torch.Tensor]
@@ -16,8 +16,12 @@ HeatmapFn = Callable[[dict], torch.Tensor]
 
 def model_heatmaps(model: nn.Module, device: torch.device, flip_test: bool = True,
                    shift_heatmap: bool = True, autocast_dtype=None,
-                   channels_last: bool = False) -> HeatmapFn:
-    """A batch -> heatmaps function running ``model``, averaging with the mirrored crop."""
+                   channels_last: bool = False,
+                   flip_permutation: Optional[np.ndarray] = None) -> HeatmapFn:
+    """A batch -> heatmaps function running ``model``, averaging with the mirrored crop
+    (``flip_permutation``: the keypoint set's left/right swap, COCO's by default)."""
+    if flip_permutation is None:
+        flip_permutation = COCO_KEYPOINTS.flip_permutation()
     def run(images: torch.Tensor) -> torch.Tensor:
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
@@ -29,7 +33,8 @@ def model_heatmaps(model: nn.Module, device: torch.device, flip_test: bool = Tru
         images = batch["image"].to(device, non_blocking=True)
         output = run(images)
         if flip_test:
-            flipped = HeatmapCodec.flip_back(run(images.flip(3)), shift_heatmap)
+            flipped = HeatmapCodec.flip_back(run(images.flip(3)), flip_permutation,
+                                             shift_heatmap)
             output = (output + flipped) * 0.5
         return output
 
@@ -43,7 +48,8 @@ def target_heatmaps(batch: dict) -> torch.Tensor:
 
 @torch.no_grad()
 def predict(heatmap_fn: HeatmapFn, loader: Iterable[dict], codec: HeatmapCodec,
-            progress: bool = False) -> dict[str, np.ndarray]:
+            progress: bool = False, num_keypoints: int = len(COCO_KEYPOINTS)
+            ) -> dict[str, np.ndarray]:
     """Run over a loader; returns the prediction arrays of pose.evaluation.coco_eval."""
     if progress:
         from tqdm import tqdm
@@ -61,6 +67,6 @@ def predict(heatmap_fn: HeatmapFn, loader: Iterable[dict], codec: HeatmapCodec,
         parts["areas"].append(np.asarray(batch["area"], dtype=np.float64))
         parts["indices"].append(np.asarray(batch["index"]))
     if not parts["keypoints"]:
-        return {"keypoints": np.zeros((0, NUM_KEYPOINTS, 3)),
+        return {"keypoints": np.zeros((0, num_keypoints, 3)),
                 **{k: np.zeros(0) for k in ("image_ids", "box_scores", "areas", "indices")}}
     return {key: np.concatenate(value) for key, value in parts.items()}

@@ -1,6 +1,7 @@
 """Training and testing runs, shared by tools/train.py, tools/test.py and the grid.
 
-A run folder holds: config.yaml (the resolved config), latest.pth (every epoch), best.pth
+A run folder holds: config.yaml (the resolved config), latest.pth (every epoch, written
+before the epoch's evaluation, so that no failure there loses training), best.pth
 (best AP), epoch_N.pth (if configured), log.jsonl (one JSON object per logged step, epoch and
 evaluation), tb/ (TensorBoard), results.json (COCO results of the last evaluation) and, once
 the run is complete, metrics.json.
@@ -23,19 +24,20 @@ from torch.utils.data import DataLoader, DistributedSampler
 from pose.complexity import count_parameters
 from pose.config import Config, save_config
 from pose.data.build import build_dataset
-from pose.engine.checkpoint import (load_checkpoint, model_weights, rng_state, save_checkpoint,
-                                    set_rng_state)
+from pose.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from pose.engine.distributed import (DistInfo, barrier, broadcast_buffers, cleanup,
                                      init_distributed)
 from pose.engine.evaluate import evaluate
-from pose.engine.inference import model_heatmaps, target_heatmaps
+from pose.engine.inference import target_heatmaps
 from pose.engine.loop import build_optimizer, build_scheduler, train_one_epoch
-from pose.errors import PoseError
+from pose.errors import DataError, PoseError
+from pose.estimator import (AMP_DTYPES, PoseEstimator, checkpoint_keypoint_set,
+                            model_from_checkpoint)
 from pose.evaluation.coco_eval import format_stats
 from pose.models import build_model
 from pose.utils import atomic_write_json
 
-AMP_DTYPES = {"none": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+__all__ = ["AMP_DTYPES", "model_from_checkpoint", "resolve_device", "run_test", "run_training"]
 
 
 def resolve_device(cfg: Config) -> torch.device:
@@ -129,11 +131,17 @@ def _train(cfg: Config, work_dir: Path, resume: bool, device: torch.device,
             return finished
     train_set = build_dataset(cfg, train=True)
     val_set = build_dataset(cfg, train=False)
+    keypoint_set = train_set.keypoint_set
+    if val_set.keypoint_set.names != keypoint_set.names:
+        raise DataError(f"{val_set.ann_file} names other keypoints than {train_set.ann_file} "
+                        f"({len(val_set.keypoint_set)} vs {len(keypoint_set)})")
+    model = build_model(cfg.model, len(keypoint_set))
+    cfg.model.num_keypoints = len(keypoint_set)  # config.yaml says what the data fixed
     work_dir.mkdir(parents=True, exist_ok=True)
     if info.is_main:
         save_config(cfg, work_dir / "config.yaml")
 
-    model = build_model(cfg.model).to(device)
+    model = model.to(device)
     if cfg.runtime.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if cfg.train.sync_bn and info.enabled:
@@ -153,6 +161,7 @@ def _train(cfg: Config, work_dir: Path, resume: bool, device: torch.device,
 
     start_epoch, best_ap, best_epoch, train_time = 0, -1.0, 0, 0.0
     latest = work_dir / "latest.pth"
+    pending_eval = False
     if resume and latest.is_file():
         state = load_checkpoint(latest)
         model.load_state_dict(state["model"])
@@ -161,22 +170,56 @@ def _train(cfg: Config, work_dir: Path, resume: bool, device: torch.device,
         scaler.load_state_dict(state["scaler"])
         start_epoch, best_ap, best_epoch = state["epoch"], state["best_ap"], state["best_epoch"]
         train_time = state["train_time"]
+        pending_eval = state.get("eval_pending", False)
         set_rng_state(state["rng"])
-        say(info, f"resumed from {latest} after epoch {start_epoch}")
+        say(info, f"resumed from {latest} after epoch {start_epoch}"
+                  + (" (its evaluation first)" if pending_eval else ""))
     train_model = model
     if info.enabled:
         train_model = DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
 
     log = RunLog(work_dir, info.is_main)
-    heatmap_fn = model_heatmaps(model, device, cfg.eval.flip_test, cfg.eval.shift_heatmap,
-                                amp_dtype, cfg.runtime.channels_last)
+    estimator = PoseEstimator.from_model(model, cfg, device, keypoint_set)
     say(info, f"training {cfg.model.backbone.act} / {cfg.model.head.act}: "
               f"{count_parameters(model) / 1e6:.2f}M params, {len(train_set)} train samples, "
               f"{iters_per_epoch} iterations x {t.epochs} epochs, "
               f"{info.world_size} process(es) on {device.type}, work dir {work_dir}")
+
+    def save_latest(epoch: int, eval_pending: bool) -> None:
+        if info.is_main:
+            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                     "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                     "epoch": epoch, "best_ap": best_ap, "best_epoch": best_epoch,
+                     "train_time": train_time, "rng": rng_state(), "config": cfg.to_dict(),
+                     "keypoint_set": keypoint_set.to_dict(), "eval_pending": eval_pending}
+            save_checkpoint(state, latest)
+            if not eval_pending and t.checkpoint_interval and \
+                    epoch % t.checkpoint_interval == 0:
+                save_checkpoint(state, work_dir / f"epoch_{epoch}.pth")
+        barrier(info)
+
+    def evaluate_epoch(epoch: int) -> Optional[dict]:
+        nonlocal best_ap, best_epoch
+        broadcast_buffers(model, info)
+        stats = evaluate(estimator, val_loader, val_set, info, work_dir / "results.json",
+                         progress=True)
+        if info.is_main:
+            log("eval", {"epoch": epoch, **stats}, epoch)
+            say(info, f"epoch {epoch} evaluation:\n{format_stats(stats)}")
+            if stats["AP"] > best_ap:
+                best_ap, best_epoch = stats["AP"], epoch
+                save_checkpoint({"model": model.state_dict(), "epoch": epoch, "AP": best_ap,
+                                 "config": cfg.to_dict(),
+                                 "keypoint_set": keypoint_set.to_dict()},
+                                work_dir / "best.pth")
+        save_latest(epoch, eval_pending=False)
+        return stats
+
     stats, evaluated = None, False
     try:
+        if pending_eval:
+            stats, evaluated = evaluate_epoch(start_epoch), True
         for epoch in range(start_epoch, t.epochs):
             train_loader.sampler.set_epoch(epoch)
             train_set.set_epoch(epoch)
@@ -189,32 +232,13 @@ def _train(cfg: Config, work_dir: Path, resume: bool, device: torch.device,
             log("epoch", {"epoch": epoch + 1, **epoch_stats}, epoch + 1)
             say(info, f"epoch {epoch + 1}/{t.epochs}: loss {epoch_stats['loss']:.3e}, "
                       f"{epoch_stats['img_per_s']:.1f} img/s")
-            if (epoch + 1) % cfg.eval.interval == 0 or epoch + 1 == t.epochs:
-                broadcast_buffers(model, info)
-                stats = evaluate(heatmap_fn, val_loader, val_set, cfg.eval, info,
-                                 work_dir / "results.json", progress=True)
-                evaluated = True
-                if info.is_main:
-                    log("eval", {"epoch": epoch + 1, **stats}, epoch + 1)
-                    say(info, f"epoch {epoch + 1} evaluation:\n{format_stats(stats)}")
-                    if stats["AP"] > best_ap:
-                        best_ap, best_epoch = stats["AP"], epoch + 1
-                        save_checkpoint({"model": model.state_dict(), "epoch": epoch + 1,
-                                         "AP": best_ap}, work_dir / "best.pth")
-            if info.is_main:
-                state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                         "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                         "epoch": epoch + 1, "best_ap": best_ap, "best_epoch": best_epoch,
-                         "train_time": train_time, "rng": rng_state(),
-                         "config": cfg.to_dict()}
-                save_checkpoint(state, latest)
-                if t.checkpoint_interval and (epoch + 1) % t.checkpoint_interval == 0:
-                    save_checkpoint(state, work_dir / f"epoch_{epoch + 1}.pth")
-            barrier(info)
+            due = (epoch + 1) % cfg.eval.interval == 0 or epoch + 1 == t.epochs
+            save_latest(epoch + 1, eval_pending=due)
+            if due:
+                stats, evaluated = evaluate_epoch(epoch + 1), True
         if not evaluated:
             # Resumed after the last epoch's checkpoint but before metrics.json was written.
-            stats = evaluate(heatmap_fn, val_loader, val_set, cfg.eval, info,
-                             work_dir / "results.json")
+            stats = evaluate(estimator, val_loader, val_set, info, work_dir / "results.json")
     finally:
         log.close()
     if not info.is_main:
@@ -226,22 +250,6 @@ def _train(cfg: Config, work_dir: Path, resume: bool, device: torch.device,
                "flip_test": cfg.eval.flip_test}
     atomic_write_json(metrics_path, metrics)
     return metrics
-
-
-def model_from_checkpoint(cfg: Config, checkpoint: str | Path, device: torch.device,
-                          state: Optional[dict] = None) -> nn.Module:
-    """The config's model with a checkpoint's weights, in eval mode on ``device``."""
-    state = load_checkpoint(checkpoint) if state is None else state
-    model = build_model(cfg.model)
-    try:
-        model.load_state_dict(model_weights(state))
-    except RuntimeError as error:
-        raise PoseError(f"checkpoint {checkpoint} does not fit the config's model: "
-                        f"{str(error).splitlines()[0]}") from None
-    model.to(device).eval()
-    if cfg.runtime.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    return model
 
 
 def run_test(cfg: Config, work_dir: str | Path, checkpoint: Optional[str] = None,
@@ -257,15 +265,19 @@ def run_test(cfg: Config, work_dir: str | Path, checkpoint: Optional[str] = None
             use_gt_boxes = True  # targets exist only for annotated people
         state = None if oracle else load_checkpoint(checkpoint)
         dataset = build_dataset(cfg, train=False, use_gt_boxes=use_gt_boxes, det_file=det_file)
+        keypoint_set = dataset.keypoint_set
         loader = make_loader(dataset, cfg.eval.batch_size, False, info, cfg.data.num_workers,
                              cfg.runtime.seed, device)
         if oracle:
-            heatmap_fn = target_heatmaps
+            estimator = PoseEstimator(target_heatmaps, cfg, keypoint_set)
         else:
-            model = model_from_checkpoint(cfg, checkpoint, device, state)
-            heatmap_fn = model_heatmaps(model, device, cfg.eval.flip_test,
-                                        cfg.eval.shift_heatmap, AMP_DTYPES[cfg.train.amp],
-                                        cfg.runtime.channels_last)
+            trained = checkpoint_keypoint_set(state, cfg)
+            if trained.names != keypoint_set.names and "keypoint_set" in state:
+                raise DataError(f"checkpoint {checkpoint} was trained on {len(trained)} "
+                                f"keypoints ({', '.join(trained.names[:3])}, ...); "
+                                f"{dataset.ann_file} names {len(keypoint_set)}")
+            model = model_from_checkpoint(cfg, checkpoint, device, state, len(keypoint_set))
+            estimator = PoseEstimator.from_model(model, cfg, device, keypoint_set)
         if info.is_main:
             work_dir.mkdir(parents=True, exist_ok=True)
         barrier(info)
@@ -274,8 +286,8 @@ def run_test(cfg: Config, work_dir: str | Path, checkpoint: Optional[str] = None
         flip = "on" if cfg.eval.flip_test and not oracle else "off"
         say(info, f"evaluating {'the oracle (encoded targets)' if oracle else checkpoint} on "
                   f"{len(dataset)} {boxes}, flip test {flip}, {info.world_size} process(es)")
-        stats = evaluate(heatmap_fn, loader, dataset, cfg.eval, info,
-                         work_dir / "results.json", progress=True)
+        stats = evaluate(estimator, loader, dataset, info, work_dir / "results.json",
+                         progress=True)
         if not info.is_main:
             return None
         metrics = {"final": stats, "checkpoint": None if oracle else str(checkpoint),

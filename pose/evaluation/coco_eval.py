@@ -75,8 +75,10 @@ def deduplicate(predictions: dict) -> dict:
 
 
 def make_results(predictions: dict, keypoint_score_threshold: float = 0.2,
-                 nms_threshold: Optional[float] = 0.9, category_id: int = 1) -> list[dict]:
-    """Predictions -> COCO keypoint results (image_id, category_id, keypoints, score)."""
+                 nms_threshold: Optional[float] = 0.9, category_id: int = 1,
+                 sigmas: np.ndarray = OKS_SIGMAS) -> list[dict]:
+    """Predictions -> COCO keypoint results (image_id, category_id, keypoints, score);
+    ``sigmas``: the keypoint set's OKS sigmas, for OKS-NMS."""
     predictions = deduplicate(predictions)
     keypoints = predictions["keypoints"]
     scores = rescore(keypoints, predictions["box_scores"], keypoint_score_threshold)
@@ -87,7 +89,7 @@ def make_results(predictions: dict, keypoint_score_threshold: float = 0.2,
         kept = members
         if nms_threshold is not None:
             kept = members[oks_nms(keypoints[members], scores[members],
-                                   predictions["areas"][members], nms_threshold)]
+                                   predictions["areas"][members], nms_threshold, sigmas)]
         for i in kept:
             results.append({
                 "image_id": int(image_id),
@@ -98,9 +100,10 @@ def make_results(predictions: dict, keypoint_score_threshold: float = 0.2,
     return results
 
 
-def evaluate_results(coco_gt: COCO, results: list[dict], verbose: bool = False
-                     ) -> dict[str, float]:
-    """Score COCO keypoint results with pycocotools; returns the 10 named stats."""
+def evaluate_results(coco_gt: COCO, results: list[dict], verbose: bool = False,
+                     sigmas: Optional[np.ndarray] = None) -> dict[str, float]:
+    """Score COCO keypoint results with pycocotools; returns the 10 named stats.
+    ``sigmas``: OKS sigmas of another keypoint set than COCO's (pycocotools' default)."""
     if not results:
         warnings.warn("no keypoint results to evaluate: every COCO stat is 0")
         return {name: 0.0 for name in STAT_NAMES}
@@ -113,6 +116,8 @@ def evaluate_results(coco_gt: COCO, results: list[dict], verbose: bool = False
         coco_dt = coco_gt.loadRes(copy.deepcopy(results))
         evaluator = COCOeval(coco_gt, coco_dt, "keypoints")
         evaluator.params.useSegm = None
+        if sigmas is not None:
+            evaluator.params.kpt_oks_sigmas = np.asarray(sigmas, dtype=np.float64)
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()

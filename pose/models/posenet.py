@@ -4,7 +4,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pose.config import ModelConfig
+from typing import Optional
+
+from pose.config import ConfigError, ModelConfig
+from pose.data.keypoints import NUM_KEYPOINTS
 from pose.models.head import UpsampleIRHead
 from pose.models.mobilenetv2 import MobileNetV2
 
@@ -21,13 +24,19 @@ class TopDownPoseNet(nn.Module):
         return self.head(self.backbone(x))
 
 
-def build_model(cfg: ModelConfig) -> nn.Module:
-    """The pose network, or (``type: classifier``) an ImageNet-style MobileNetV2 classifier."""
+def build_model(cfg: ModelConfig, num_keypoints: Optional[int] = None) -> nn.Module:
+    """The pose network, or (``type: classifier``) an ImageNet-style MobileNetV2 classifier.
+
+    Heatmaps: ``num_keypoints`` (the data's keypoint set), else ``cfg.num_keypoints``, else
+    COCO's 17; the two must agree where both are given."""
     b = cfg.backbone
     if cfg.type == "classifier":
         return MobileNetV2(b.width_mult, b.act, final_conv=True, num_classes=cfg.num_classes)
+    if num_keypoints and cfg.num_keypoints and num_keypoints != cfg.num_keypoints:
+        raise ConfigError(f"config key 'model.num_keypoints': {cfg.num_keypoints}, but the data "
+                          f"has {num_keypoints} keypoints (leave it unset to follow the data)")
     backbone = MobileNetV2(b.width_mult, b.act, final_conv=b.final_conv)
     h = cfg.head
     head = UpsampleIRHead(backbone.out_channels, h.channels, h.blocks_per_stage, h.expand_ratio,
-                          h.act, cfg.num_keypoints)
+                          h.act, num_keypoints or cfg.num_keypoints or NUM_KEYPOINTS)
     return TopDownPoseNet(backbone, head)
