@@ -36,7 +36,8 @@ def main(argv=None) -> int:
         crop = denormalize(item["image"])
         coords, peaks = codec.decode(item["heatmaps"][None].numpy())  # targets, crop pixels
         keypoints = np.concatenate([coords[0], (item["weights"].numpy() * peaks[0])[:, None]], 1)
-        picture = draw_skeletons(crop, keypoints[None], score_threshold=0.5, width=1, radius=2)
+        picture = draw_skeletons(crop, keypoints[None], score_threshold=0.5, width=1, radius=2,
+                                 keypoint_set=dataset.keypoint_set)
         heat = item["heatmaps"].numpy().max(0)
         heat = cv2.resize((heat * 255).astype(np.uint8), (crop.shape[1], crop.shape[0]))
         heat = cv2.applyColorMap(heat, cv2.COLORMAP_JET)[..., ::-1]
