@@ -8,7 +8,9 @@ file descriptors (so a worker's own traceback would be seen too).
 import copy
 import importlib.util
 import json
+import logging
 import shutil
+import warnings
 
 import cv2
 import numpy as np
@@ -38,9 +40,17 @@ def load_tool(name):
 
 
 def run_tool(capfd, name, *args):
-    """(exit status, stdout, stderr) of a tool run as its command line runs it."""
-    with pytest.raises(SystemExit) as stop:
-        cli.run(load_tool(name).main, [str(a) for a in args])
+    """(exit status, stdout, stderr) of a tool run as its command line runs it; the output
+    set-up the tool makes (the "pose" logger, one-line warnings) is undone afterwards, so
+    that later tests in this process see logging as pytest set it."""
+    logger = logging.getLogger("pose")
+    saved = list(logger.handlers), logger.propagate, logger.level, warnings.formatwarning
+    try:
+        with pytest.raises(SystemExit) as stop:
+            cli.run(load_tool(name).main, [str(a) for a in args])
+    finally:
+        logger.handlers[:], logger.propagate, logger.level = saved[0], saved[1], saved[2]
+        warnings.formatwarning = saved[3]
     out, err = capfd.readouterr()
     return stop.value.code, out, err
 
