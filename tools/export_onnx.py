@@ -12,7 +12,8 @@ from pathlib import Path
 import torch
 
 from pose.cli import add_config_arguments, config_from_args, run
-from pose.export import EXPORTERS, export
+from pose.data.keypoints import COCO_KEYPOINTS
+from pose.export import EXPORTERS, export, keypoint_difference
 
 
 def main(argv=None) -> int:
@@ -26,16 +27,23 @@ def main(argv=None) -> int:
                              "torchscript: the deprecated one, much faster (pose/export.py)")
     args = parser.parse_args(argv)
     cfg = config_from_args(args)
+    keypoint_set = COCO_KEYPOINTS
     if args.checkpoint:
-        from pose.engine.runner import model_from_checkpoint
+        from pose.engine.checkpoint import load_checkpoint
+        from pose.estimator import checkpoint_keypoint_set, model_from_checkpoint
 
-        model = model_from_checkpoint(cfg, args.checkpoint, torch.device("cpu"))
+        state = load_checkpoint(args.checkpoint)
+        keypoint_set = checkpoint_keypoint_set(state, cfg)
+        model = model_from_checkpoint(cfg, args.checkpoint, torch.device("cpu"), state)
     else:
         from pose.models import build_model
 
         model = build_model(cfg.model)
     difference = export(model, cfg.data.input_size, Path(args.out), args.opset, args.exporter)
     print(f"wrote {args.out}; max abs difference ONNX Runtime vs PyTorch: {difference:.2e}")
+    pixels = keypoint_difference(model, Path(args.out), cfg, keypoint_set)
+    print(f"keypoints through the evaluation's path (pose.estimator), ONNX Runtime vs "
+          f"PyTorch: max difference {pixels:.3f} px")
     return 0
 
 
