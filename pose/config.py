@@ -125,6 +125,7 @@ class RuntimeConfig:
 class GridConfig:
     # Activation specs of tools/grid.py's rows (backbone) and columns (head); --acts overrides.
     acts: list[Any] = field(default_factory=lambda: ["relu", "dyrelu_a", "dyrelu_b", "dyrelu_c"])
+    seeds: int = 1  # runs per cell, seeded runtime.seed, runtime.seed + 1, ...; --seeds overrides
 
 
 @dataclass

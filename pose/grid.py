@@ -1,10 +1,12 @@
-"""The N x N backbone/head activation grid (the paper's Table 2 for N = 4).
+"""The N x N backbone/head activation grid (the paper's Table 2 for N = 4), over seeds.
 
-Each cell is an ordinary training run (tools/train.py --resume in its own folder), so a grid
-is resumable and idempotent: a cell with a complete metrics.json is never run again, an
-interrupted one resumes from its latest.pth, and a failing one is reported with its log
-while the others go on. Cells run as local subprocesses (--jobs at a time, one GPU group
-each with --gpus) or as Slurm jobs through submitit.
+Each (cell, seed) is an ordinary training run (tools/train.py --resume in
+``OUT/<backbone>__<head>/seed_<seed>``, with ``runtime.seed`` set), so a grid is resumable
+and idempotent: a run with a complete metrics.json is never run again, an interrupted one
+resumes from its latest.pth, and a failing one is reported with its log while the others go
+on. Runs go as local subprocesses (--jobs at a time, one GPU group each with --gpus) or as
+Slurm jobs through submitit. ``pose.report`` turns the runs into the tables: mean ± std over
+seeds per cell, and each cell's paired difference to a reference cell with its interval.
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from typing import Any, Optional, Sequence
 
 import yaml
 
-from pose.config import Config, load_config
+from pose.config import Config, ConfigError, load_config
 from pose.activation_spec import parse_activation, resolved_activation
 from pose.report import write_tables
 
@@ -59,14 +61,20 @@ def estimated_cost(cell: "Cell") -> float:
 
 @dataclass
 class Cell:
+    """One training run of the grid: a (backbone, head) pairing with one seed."""
     backbone: Any
     head: Any
     folder: Path
     overrides: list[str] = field(default_factory=list)
+    seed: int = 0
+
+    @property
+    def pair(self) -> str:
+        return self.folder.parent.name
 
     @property
     def name(self) -> str:
-        return self.folder.name
+        return f"{self.pair}/{self.folder.name}"
 
     @property
     def log_path(self) -> Path:
@@ -85,14 +93,27 @@ class Cell:
         return metrics.get("epochs") == epochs
 
 
-def make_cells(acts: Sequence[Any], out: Path, overrides: Sequence[str]) -> list[Cell]:
+def grid_seeds(cfg: Config, seeds: Optional[int] = None) -> list[int]:
+    """The seeds of every cell: ``runtime.seed`` and the next ones, ``grid.seeds`` (or
+    ``seeds``) in all."""
+    count = cfg.grid.seeds if seeds is None else seeds
+    if count < 1:
+        raise ConfigError(f"the grid needs at least one seed, got {count}")
+    return [cfg.runtime.seed + i for i in range(count)]
+
+
+def make_cells(acts: Sequence[Any], out: Path, overrides: Sequence[str],
+               seeds: Sequence[int] = (0,)) -> list[Cell]:
+    """The runs, pairing-major then seed (a pairing's seeds side by side)."""
     cells = []
     for backbone in acts:
         for head in acts:
-            cell_overrides = list(overrides) + [f"model.backbone.act={json.dumps(backbone)}",
-                                                f"model.head.act={json.dumps(head)}"]
-            folder = out / f"{act_label(backbone)}__{act_label(head)}"
-            cells.append(Cell(backbone, head, folder, cell_overrides))
+            pair = out / f"{act_label(backbone)}__{act_label(head)}"
+            for seed in seeds:
+                cell_overrides = list(overrides) + [
+                    f"model.backbone.act={json.dumps(backbone)}",
+                    f"model.head.act={json.dumps(head)}", f"runtime.seed={seed}"]
+                cells.append(Cell(backbone, head, pair / f"seed_{seed}", cell_overrides, seed))
     return cells
 
 
@@ -225,13 +246,17 @@ def slurm_executor(out: Path, gpus_per_cell: int, timeout_min: int, partition: O
 def run_grid(config: str | Path, acts: Optional[Sequence[Any]], out: str | Path,
              overrides: Sequence[str] = (), jobs: int = 1, gpus: Optional[list[str]] = None,
              gpus_per_cell: int = 1, launcher: str = "local", executor=None,
-             slurm_timeout_min: int = 72 * 60, slurm_partition: Optional[str] = None) -> dict:
-    """Run every cell that is not complete, then write the tables; returns table2.json.
-    ``acts`` None takes the config's grid.acts."""
+             slurm_timeout_min: int = 72 * 60, slurm_partition: Optional[str] = None,
+             seeds: Optional[int] = None, reference: Optional[Sequence[Any]] = None) -> dict:
+    """Run every (cell, seed) that is not complete, then write the tables; returns
+    table2.json. ``acts`` None takes the config's grid.acts, ``seeds`` None its grid.seeds;
+    ``reference``: the (backbone, head) cell the paired differences are taken to (default:
+    ReLU/ReLU, else the first cell)."""
     out = Path(out)
     cfg = load_config(config, overrides)
     acts = cfg.grid.acts if acts is None else acts
-    cells = make_cells(acts, out, overrides)
+    reference = check_reference(acts, reference)
+    cells = make_cells(acts, out, overrides, grid_seeds(cfg, seeds))
     log = GridLog(out / "grid_log.jsonl")
     todo = []
     for cell in cells:
@@ -248,21 +273,67 @@ def run_grid(config: str | Path, acts: Optional[Sequence[Any]], out: str | Path,
                 executor = slurm_executor(out, gpus_per_cell, slurm_timeout_min,
                                           slurm_partition)
             status.update(run_submitit(config, todo, executor, gpus_per_cell, log))
-    return write_tables(cfg, acts, cells, status, out)
+    return write_tables(cfg, acts, cells, status, out, reference)
+
+
+def check_reference(acts: Sequence[Any], reference: Optional[Sequence[Any]]) -> tuple:
+    """The reference cell: given (each spec one of ``acts``), or ReLU/ReLU, or the first."""
+    if reference is None:
+        return ("relu", "relu") if "relu" in acts else (acts[0], acts[0])
+    if len(reference) != 2 or any(spec not in acts for spec in reference):
+        raise ConfigError(f"--reference {list(reference)} must be two of the grid's "
+                          f"activations (backbone, head): {list(acts)}")
+    return tuple(reference)
+
+
+# Person instances the reference's COCO train2017 loader keeps (SimpleBaselines/HRNet logs:
+# "load 149813 samples"), for the budget of a grid whose data is not on this machine.
+COCO_TRAIN_SAMPLES = 149813
+
+
+def train_samples(cfg: Config) -> tuple[Optional[int], str]:
+    """(training samples per epoch, where the figure comes from)."""
+    from pose.data.build import data_path
+    from pose.data.coco import load_keypoint_file
+
+    path = data_path(cfg, cfg.data.train_ann)
+    if path.is_file():
+        return load_keypoint_file(path)[1].people, f"counted in {path}"
+    if cfg.data.train_ann.endswith("person_keypoints_train2017.json"):
+        return COCO_TRAIN_SAMPLES, "COCO train2017 as the reference loads it"
+    return None, f"{path} is not on this machine"
 
 
 def describe(config: str | Path, acts: Optional[Sequence[Any]], out: str | Path,
-             overrides: Sequence[str] = ()) -> str:
-    """The --dry-run listing: each cell's resolved activations and run folder."""
+             overrides: Sequence[str] = (), seeds: Optional[int] = None,
+             throughput: Optional[float] = None) -> str:
+    """The --dry-run listing: each run's resolved activations and folder, the number of runs,
+    and with ``throughput`` (training img/s of one run) the compute the grid needs."""
     out = Path(out)
     cfg: Config = load_config(config, overrides)
     acts = cfg.grid.acts if acts is None else acts
+    seed_list = grid_seeds(cfg, seeds)
+    cells = make_cells(acts, out, overrides, seed_list)
     lines = [f"{len(acts)}x{len(acts)} grid from {config}: {cfg.train.epochs} epochs, "
-             f"input {cfg.data.input_size[0]}x{cfg.data.input_size[1]}, data {cfg.data.root}"]
-    for cell in make_cells(acts, out, overrides):
+             f"input {cfg.data.input_size[0]}x{cfg.data.input_size[1]}, data {cfg.data.root}; "
+             f"seeds {seed_list}: {len(cells)} runs"]
+    for cell in cells:
         lines.append(f"{cell.name}\n    backbone: {resolved_activation(cell.backbone)}\n"
                      f"    head:     {resolved_activation(cell.head)}\n"
                      f"    folder:   {cell.folder}"
                      f"{'  (complete)' if cell.is_complete(cfg.train.epochs) else ''}")
+    todo = sum(not cell.is_complete(cfg.train.epochs) for cell in cells)
+    samples, source = train_samples(cfg)
+    lines.append(f"runs: {len(cells)} ({todo} still to train); training samples per epoch: "
+                 f"{samples if samples is not None else 'unknown'} ({source})")
+    if throughput:
+        if samples is None:
+            lines.append("budget: unknown without the training set's size")
+        else:
+            hours = todo * cfg.train.epochs * samples / throughput / 3600
+            lines.append(f"budget at {throughput:g} img/s per run: {hours:,.1f} device-hours "
+                         f"(one device or GPU group per run; {cfg.train.epochs} epochs x "
+                         f"{samples} samples x {todo} runs, training only: evaluations add "
+                         f"to it)")
     return "\n".join(lines)
 

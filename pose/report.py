@@ -9,6 +9,8 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
+
 from pose.complexity import complexity
 from pose.config import Config
 from pose.evaluation.coco_eval import STAT_NAMES
@@ -59,6 +61,7 @@ def _paper_value(backbone: Any, head: Any):
 
 
 def collect(cfg: Config, cells, status: dict[str, str]) -> list[dict]:
+    """One row per run (cell and seed)."""
     height, width = cfg.data.input_size
     rows, cost_cache = [], {}
     for cell in cells:
@@ -73,13 +76,69 @@ def collect(cfg: Config, cells, status: dict[str, str]) -> list[dict]:
                 cost_cache[key] = {"params": None, "madds": None}
         complete = cell.is_complete(cfg.train.epochs, metrics)
         rows.append({
-            "backbone": cell.backbone, "head": cell.head, "folder": str(cell.folder),
+            "backbone": cell.backbone, "head": cell.head, "seed": cell.seed,
+            "folder": str(cell.folder),
             "status": "finished" if complete else status.get(cell.name, "not run"),
             "stats": metrics.get("final") if complete else None,
             "params": cost_cache[key]["params"], "madds": cost_cache[key]["madds"],
             "train_time_s": metrics.get("train_time_s"),
             "log": str(cell.log_path),
-            "paper_ap": _paper_value(cell.backbone, cell.head),
+        })
+    return rows
+
+
+def paired_difference(values: Sequence[float], reference: Sequence[float],
+                      level: float = 0.95) -> dict:
+    """Mean of per-seed differences and its Student-t interval (``low``/``high`` None for
+    fewer than two pairs)."""
+    differences = np.asarray(values, dtype=float) - np.asarray(reference, dtype=float)
+    n = len(differences)
+    mean = float(differences.mean()) if n else math.nan
+    if n < 2:
+        return {"mean": mean, "low": None, "high": None, "n": n, "excludes_zero": False}
+    from scipy import stats
+
+    half = float(stats.t.ppf(0.5 + level / 2, n - 1) * differences.std(ddof=1) / math.sqrt(n))
+    low, high = mean - half, mean + half
+    return {"mean": mean, "low": low, "high": high, "n": n,
+            "excludes_zero": bool(low > 0 or high < 0)}
+
+
+def aggregate(runs: list[dict], reference: Sequence[Any]) -> list[dict]:
+    """One row per cell: the mean and sample std of each stat over the finished seeds, every
+    seed's stats, and the AP difference to ``reference`` paired by seed (x 100)."""
+    cells: dict[str, list[dict]] = {}
+    for run in runs:
+        cells.setdefault(json.dumps([run["backbone"], run["head"]]), []).append(run)
+    reference_ap = {r["seed"]: r["stats"]["AP"] for r in cells.get(json.dumps(list(reference)), [])
+                    if r["stats"]}
+    rows = []
+    for seeds in cells.values():
+        done = [r for r in seeds if r["stats"]]
+        statuses = {r["status"] for r in seeds}
+        status = "finished" if statuses == {"finished"} else \
+            "failed" if "failed" in statuses else "not run"
+        stats = {name: float(np.mean([r["stats"][name] for r in done])) for name in STAT_NAMES} \
+            if done else None
+        std = {name: float(np.std([r["stats"][name] for r in done], ddof=1))
+               for name in STAT_NAMES} if len(done) > 1 else None
+        paired = [r for r in done if r["seed"] in reference_ap]
+        first = seeds[0]
+        failed = [r for r in seeds if r["status"] == "failed"]
+        rows.append({
+            "backbone": first["backbone"], "head": first["head"],
+            "folder": str(Path(first["folder"]).parent), "status": status,
+            "n": len(done), "seeds": len(seeds), "stats": stats, "std": stats and std,
+            "runs": [{k: r[k] for k in ("seed", "status", "stats", "train_time_s", "folder",
+                                        "log")} for r in seeds],
+            "difference": paired_difference([100 * r["stats"]["AP"] for r in paired],
+                                            [100 * reference_ap[r["seed"]] for r in paired]),
+            "params": first["params"], "madds": first["madds"],
+            "train_time_s": (round(float(np.mean([r["train_time_s"] for r in done])), 1)
+                             if done and all(r["train_time_s"] is not None for r in done)
+                             else None),
+            "log": (failed or seeds)[0]["log"],
+            "paper_ap": _paper_value(first["backbone"], first["head"]),
         })
     return rows
 
@@ -88,25 +147,54 @@ def _ap_text(row: dict, with_paper: bool) -> str:
     if row["stats"] is None:
         return row["status"]
     ap = 100 * row["stats"]["AP"]
+    text = f"{ap:.1f}"
+    if row["std"] is not None:
+        text += f" ± {100 * row['std']['AP']:.1f}"
+    if row["seeds"] > 1:
+        text += f" (n={row['n']})"
     if with_paper and row["paper_ap"] is not None:
-        return f"{ap:.1f} ({row['paper_ap']:.1f}, {ap - row['paper_ap']:+.1f})"
-    return f"{ap:.1f}"
+        text += f"; paper {row['paper_ap']:.1f}, {ap - row['paper_ap']:+.1f}"
+    return text
 
 
-def markdown(cfg: Config, acts: Sequence[Any], rows: list[dict]) -> str:
+def _difference_text(row: dict, reference: Sequence[Any]) -> str:
+    if [row["backbone"], row["head"]] == list(reference):
+        return "reference"
+    d = row["difference"]
+    if not d["n"]:
+        return "-"
+    if d["low"] is None:
+        return f"{d['mean']:+.1f} (n={d['n']}, no interval)"
+    return f"{d['mean']:+.1f} [{d['low']:+.1f}, {d['high']:+.1f}]" + \
+        (" *" if d["excludes_zero"] else "")
+
+
+def markdown(cfg: Config, acts: Sequence[Any], rows: list[dict],
+             reference: Sequence[Any] = ("relu", "relu")) -> str:
     paper = is_paper_setting(cfg)
     n = len(acts)
     grid = [rows[i * n:(i + 1) * n] for i in range(n)]
     heads = [pretty_label(a) for a in acts]
+    seeds = max(r["seeds"] for r in rows)
     lines = ["# Table 2: COCO keypoint AP, backbone activation (rows) x head activation "
              "(columns)", "", setting_line(cfg), ""]
-    if paper:
-        lines += ["Each cell: our AP (paper's AP, difference).", ""]
+    what = "AP x 100" + (f", mean ± sample std over seeds (n finished of {seeds})"
+                         if seeds > 1 else ", one seed")
+    lines += [f"Each cell: {what}" + ("; the paper's AP and our difference to it" if paper
+                                      else "") + ".", ""]
     lines.append("| backbone \\ head | " + " | ".join(heads) + " |")
     lines.append("|---" * (n + 1) + "|")
     for act, row in zip(acts, grid):
         lines.append(f"| {pretty_label(act)} | " + " | ".join(_ap_text(r, paper) for r in row)
                      + " |")
+    ref = f"{pretty_label(reference[0])} / {pretty_label(reference[1])}"
+    lines += ["", f"Paired differences to {ref} (AP x 100): the mean over seeds of (cell - "
+              f"reference) with the same seed, and its 95% Student-t interval; * marks an "
+              f"interval that excludes zero.", "",
+              "| backbone \\ head | " + " | ".join(heads) + " |", "|---" * (n + 1) + "|"]
+    for act, row in zip(acts, grid):
+        lines.append(f"| {pretty_label(act)} | " + " | ".join(
+            _difference_text(r, reference) for r in row) + " |")
     lines += ["", "Params (M) / MAdds (M) / training time (s):", "",
               "| backbone \\ head | " + " | ".join(heads) + " |", "|---" * (n + 1) + "|"]
     for act, row in zip(acts, grid):
@@ -137,61 +225,90 @@ def _csv_value(value: Any) -> Any:
 
 
 def csv_text(rows: list[dict]) -> str:
+    """One line per cell: the mean of each stat over seeds, AP's std, n, the paired AP
+    difference (x 100) and its interval."""
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(["backbone", "head", "status", *STAT_NAMES, "params", "madds",
-                     "train_time_s", "paper_AP", "folder"])
+    writer.writerow(["backbone", "head", "status", "n", *STAT_NAMES, "AP_std",
+                     "dAP", "dAP_low", "dAP_high", "params", "madds", "train_time_s",
+                     "paper_AP", "folder"])
     for r in rows:
         stats = [f"{r['stats'][s]:.4f}" if r["stats"] else "" for s in STAT_NAMES]
-        writer.writerow([_csv_value(r[key]) for key in ("backbone", "head", "status")] + stats
+        d = r["difference"]
+        spread = [f"{r['std']['AP']:.4f}" if r["std"] else ""] + [
+            "" if d[k] is None or (isinstance(d[k], float) and math.isnan(d[k]))
+            else f"{d[k]:.2f}" for k in ("mean", "low", "high")]
+        writer.writerow([_csv_value(r[key]) for key in ("backbone", "head", "status", "n")]
+                        + stats + spread
                         + [_csv_value(r[key]) for key in ("params", "madds", "train_time_s",
                                                            "paper_ap", "folder")])
     return buffer.getvalue()
 
 
-def heatmap_png(cfg: Config, acts: Sequence[Any], rows: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    n = len(acts)
-    values = np.array([100 * r["stats"]["AP"] if r["stats"] else math.nan for r in rows])
-    values = values.reshape(n, n)
-    fig, ax = plt.subplots(figsize=(1.6 * n + 2.5, 1.3 * n + 1.8))
-    image = ax.imshow(np.ma.masked_invalid(values), cmap="viridis")
-    labels = [pretty_label(a) for a in acts]
+def _panel(ax, values, labels, text, cmap, norm=None, colour_label=""):
+    image = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, norm=norm)
+    n = len(labels)
     ax.set_xticks(range(n), labels, rotation=30, ha="right")
     ax.set_yticks(range(n), labels)
     ax.set_xlabel("head activation")
     ax.set_ylabel("backbone activation")
-    finite = values[np.isfinite(values)]
-    middle = (finite.min() + finite.max()) / 2 if finite.size else 0
     for i in range(n):
         for j in range(n):
-            text = "failed" if not np.isfinite(values[i, j]) else f"{values[i, j]:.1f}"
-            colour = "white" if not np.isfinite(values[i, j]) or values[i, j] < middle else "black"
-            ax.text(j, i, text, ha="center", va="center", color=colour, fontsize=11)
-    fig.colorbar(image, ax=ax, label="AP x 100")
+            ax.text(j, i, text[i][j], ha="center", va="center", fontsize=9,
+                    color="black" if np.isfinite(values[i, j]) else "grey")
+    ax.figure.colorbar(image, ax=ax, label=colour_label, shrink=0.8)
+
+
+def heatmap_png(cfg: Config, acts: Sequence[Any], rows: list[dict], path: Path,
+                reference: Sequence[Any] = ("relu", "relu")) -> None:
+    """Left: mean AP (± std) per cell; right: the paired difference to the reference, * where
+    its interval excludes zero."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import TwoSlopeNorm
+
+    n = len(acts)
+    labels = [pretty_label(a) for a in acts]
+    ap = np.array([100 * r["stats"]["AP"] if r["stats"] else math.nan
+                   for r in rows]).reshape(n, n)
+    ap_text = [[(f"{ap[i, j]:.1f}" + (f"\n± {100 * rows[i * n + j]['std']['AP']:.1f}"
+                                      if rows[i * n + j]["std"] else ""))
+                if np.isfinite(ap[i, j]) else rows[i * n + j]["status"] for j in range(n)]
+               for i in range(n)]
+    diff = np.array([r["difference"]["mean"] if r["difference"]["n"] else math.nan
+                     for r in rows]).reshape(n, n)
+    diff_text = [[_difference_text(rows[i * n + j], reference).replace(" [", "\n[")
+                  .replace(" (", "\n(") for j in range(n)] for i in range(n)]
+    fig, axes = plt.subplots(1, 2, figsize=(2 * (1.7 * n + 2.5), 1.4 * n + 2.0))
+    _panel(axes[0], ap, labels, ap_text, "viridis", colour_label="AP x 100")
+    finite = diff[np.isfinite(diff)]
+    bound = max(float(np.abs(finite).max()), 1e-6) if finite.size else 1.0
+    _panel(axes[1], diff, labels, diff_text, "RdBu",
+           TwoSlopeNorm(vcenter=0.0, vmin=-bound, vmax=bound), "difference, AP x 100")
     data = "synthetic" if "synthetic" in cfg.data.root else "COCO"
-    ax.set_title(f"AP grid, {data}, {cfg.data.input_size[0]}x{cfg.data.input_size[1]}, "
-                 f"{cfg.train.epochs} epochs", fontsize=10)
+    seeds = max(r["seeds"] for r in rows)
+    axes[0].set_title(f"AP, {data}, {cfg.data.input_size[0]}x{cfg.data.input_size[1]}, "
+                      f"{cfg.train.epochs} epochs, {seeds} seed(s)", fontsize=10)
+    axes[1].set_title(f"paired difference to {pretty_label(reference[0])} / "
+                      f"{pretty_label(reference[1])}, 95% CI (* excludes 0)", fontsize=10)
     fig.tight_layout()
-    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110), mode="wb")
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100), mode="wb")
     plt.close(fig)
 
 
 def write_tables(cfg: Config, acts: Sequence[Any], cells, status: dict[str, str],
-                 out: Path) -> dict:
-    rows = collect(cfg, cells, status)
+                 out: Path, reference: Sequence[Any] = ("relu", "relu")) -> dict:
+    """table2.json (every seed's 10 stats under each cell's ``runs``), .csv, .md and .png."""
+    rows = aggregate(collect(cfg, cells, status), reference)
     table = {"setting": setting_line(cfg), "paper_setting": is_paper_setting(cfg),
-             "acts": list(acts), "cells": rows}
+             "acts": list(acts), "reference": list(reference), "cells": rows}
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "table2.json", table)
     atomic_write_text(out / "table2.csv", csv_text(rows))
-    text = markdown(cfg, acts, rows)
+    text = markdown(cfg, acts, rows, reference)
     atomic_write_text(out / "table2.md", text)
-    heatmap_png(cfg, acts, rows, out / "table2.png")
+    heatmap_png(cfg, acts, rows, out / "table2.png", reference)
     print(text)
     return table

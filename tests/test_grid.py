@@ -7,6 +7,7 @@ import sys
 import time
 
 import pytest
+import yaml
 
 from pose.grid import act_label, parse_acts, run_grid
 from pose.models.activations import resolved_activation
@@ -50,14 +51,14 @@ def test_dry_run_lists_the_16_paper_cells_without_coco():
 
 
 @pytest.mark.slow(seconds=80)
-def test_interrupted_grid_reruns_no_finished_cell_and_writes_all_tables(synthetic_data,
-                                                                         tmp_path):
+def test_interrupted_grid_with_seeds_reruns_no_finished_run_and_writes_all_tables(
+        synthetic_data, tmp_path):
     out = tmp_path / "grid"
-    # Three activations (9 cells): enough to interrupt and resume, with Table 1's SE + ReLU
-    # and Maxout and the synthetic config's DY-ReLU-C reading labelled in the tables.
+    # Two activations x two seeds (8 runs): enough to interrupt and resume, with Table 1's
+    # Maxout and the synthetic config's DY-ReLU-C reading labelled in the tables.
     command = [sys.executable, str(ROOT / "tools/grid.py"), "--config", str(SYNTHETIC_CONFIG),
-               "--out", str(out), "--jobs", "2", "--acts",
-               "[se_relu, maxout, {name: dyrelu_c, spatial: residual}]"]
+               "--out", str(out), "--jobs", "2", "--seeds", "2", "--acts",
+               "[maxout, {name: dyrelu_c, spatial: residual}]"]
     for override in grid_overrides(synthetic_data):
         command += ["--set", override]
     first = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL,
@@ -68,9 +69,9 @@ def test_interrupted_grid_reruns_no_finished_cell_and_writes_all_tables(syntheti
         time.sleep(0.5)
     os.killpg(first.pid, signal.SIGKILL)  # the grid and its running cells
     first.wait()
-    # Complete cells: a cell may have written metrics.json just before the kill, without
+    # Complete runs: a run may have written metrics.json just before the kill, without
     # its "finished" event, so ask the folders.
-    done_before = {p.parent.name for p in out.glob("*/metrics.json")}
+    done_before = {str(p.parent.relative_to(out)) for p in out.glob("*/seed_*/metrics.json")}
     assert len(done_before) >= 3
     mtimes = {c: (out / c / "metrics.json").stat().st_mtime_ns for c in done_before}
     lines_before = len(events(out))
@@ -81,21 +82,70 @@ def test_interrupted_grid_reruns_no_finished_cell_and_writes_all_tables(syntheti
     started_again = {e["cell"] for e in rerun if e["event"] == "started"}
     assert not started_again & done_before
     assert {e["cell"] for e in rerun if e["event"] == "skipped"} == done_before
+    assert len(started_again) + len(done_before) == 8  # every (cell, seed) trained once
     for cell, mtime in mtimes.items():
         assert (out / cell / "metrics.json").stat().st_mtime_ns == mtime
 
     for name in ("table2.md", "table2.csv", "table2.json", "table2.png"):
         assert (out / name).is_file()
     table = json.loads((out / "table2.json").read_text())
-    assert len(table["cells"]) == 9
-    assert all(c["status"] == "finished" and len(c["stats"]) == 10 for c in table["cells"])
+    assert len(table["cells"]) == 4 and table["reference"] == ["maxout", "maxout"]
+    for cell in table["cells"]:
+        assert cell["status"] == "finished" and cell["n"] == 2
+        assert [r["seed"] for r in cell["runs"]] == [0, 1]
+        assert all(len(r["stats"]) == 10 for r in cell["runs"])
+        seeds_ap = [r["stats"]["AP"] for r in cell["runs"]]
+        assert cell["stats"]["AP"] == pytest.approx(sum(seeds_ap) / 2)
+        assert cell["std"]["AP"] == pytest.approx(abs(seeds_ap[0] - seeds_ap[1]) / 2 ** 0.5)
+        assert (out / cell["folder"] / "seed_1/latest.pth").is_file()
+    seed_configs = [yaml.safe_load((out / table["cells"][0]["folder"] / f"seed_{s}/config.yaml")
+                                   .read_text()) for s in (0, 1)]
+    assert [c["runtime"]["seed"] for c in seed_configs] == [0, 1]
     rows = list(csv.DictReader((out / "table2.csv").open()))
-    assert len(rows) == 9 and rows[0]["backbone"] == "se_relu" and rows[1]["head"] == "maxout"
+    assert len(rows) == 4 and rows[0]["backbone"] == "maxout" and rows[0]["n"] == "2"
+    assert rows[1]["dAP_low"] and rows[0]["dAP"] == "0.00"
     markdown = (out / "table2.md").read_text()
-    for label in ("| SE+ReLU |", "| Maxout |", "| DY-ReLU-C (spatial=residual) |"):
+    for label in ("| Maxout |", "| DY-ReLU-C (spatial=residual) |", " ± ", "(n=2)",
+                  "Paired differences to Maxout / Maxout", "reference"):
         assert label in markdown
     assert "synthetic" in markdown
     assert (out / "table2.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_paired_differences_and_their_intervals():
+    from pose.report import _difference_text, aggregate, paired_difference
+
+    # n = 3: mean 2, sample std 1, t(0.975, 2) = 4.303 (statistical tables)
+    d = paired_difference([12.0, 13.0, 11.0], [10.0, 10.0, 10.0])
+    assert d["mean"] == pytest.approx(2.0) and d["n"] == 3
+    assert d["high"] - d["mean"] == pytest.approx(4.303 / 3 ** 0.5, abs=1e-3)
+    assert not d["excludes_zero"]  # 2 +- 2.48
+    tight = paired_difference([12.0, 12.1, 11.9, 12.0], [10.0] * 4)
+    assert tight["excludes_zero"] and tight["low"] > 0
+    single = paired_difference([12.0], [10.0])
+    assert single["low"] is None and not single["excludes_zero"]
+
+    def run(backbone, head, seed, ap, status="finished"):
+        stats = {name: ap for name in ("AP", "AP50", "AP75", "APM", "APL", "AR", "AR50",
+                                       "AR75", "ARM", "ARL")}
+        return {"backbone": backbone, "head": head, "seed": seed, "folder": f"g/{backbone}__"
+                f"{head}/seed_{seed}", "status": status,
+                "stats": stats if status == "finished" else None, "params": 1, "madds": 1,
+                "train_time_s": 10.0, "log": "train.log"}
+
+    runs = [run("relu", "relu", 0, 0.10), run("relu", "relu", 1, 0.12),
+            run("relu", "relu", 2, 0.11),
+            run("relu", "dyrelu_c", 0, 0.13), run("relu", "dyrelu_c", 1, 0.15),
+            run("relu", "dyrelu_c", 2, 0.0, status="failed")]
+    reference, cell = aggregate(runs, ("relu", "relu"))
+    assert reference["stats"]["AP"] == pytest.approx(0.11)
+    assert reference["std"]["AP"] == pytest.approx(0.01)
+    assert cell["status"] == "failed" and cell["n"] == 2 and cell["seeds"] == 3
+    # paired by seed: seeds 0 and 1 only (seed 2 failed), differences 3 and 3 AP
+    assert cell["difference"]["n"] == 2 and cell["difference"]["mean"] == pytest.approx(3.0)
+    assert cell["difference"]["low"] == pytest.approx(3.0)  # no spread: a zero-width interval
+    assert _difference_text(reference, ("relu", "relu")) == "reference"
+    assert _difference_text(cell, ("relu", "relu")) == "+3.0 [+3.0, +3.0] *"
 
 
 def test_the_synthetic_config_grids_its_own_activations():
