@@ -245,11 +245,18 @@ def test_settings_round_trip_through_the_float_list():
 def test_native_kernels_name_a_missing_setting():
     assert native.build_error() is None
     module = dyrelu(4, "native", reduction=2)
-    settings = dict(module.settings.as_kernel_dict)
-    del settings["tau"]
-    with pytest.raises(RuntimeError, match="the settings have no 'tau'"):
-        torch.ops.dyrelu_pose_native.forward(torch.randn(1, 4, 2, 2), *module._weights(),
-                                             settings)
+    x, weights = torch.randn(1, 4, 2, 2), module._weights()
+    names = DyReLUSettings.field_names()
+    try:
+        native.bind_fields([n for n in names if n != "tau"])  # settings.py without 'tau'
+        with pytest.raises(RuntimeError, match="the settings have no 'tau'"):
+            torch.ops.dyrelu_pose_native.forward(x, *weights, module.settings.as_kernel_list)
+        native.bind_fields(names)
+        with pytest.raises(RuntimeError, match="hold 3 values, 'lambda_a' is field 3"):
+            torch.ops.dyrelu_pose_native.forward(x, *weights, module.settings.as_kernel_list[:3])
+    finally:
+        native.bind_fields(names)
+    torch.ops.dyrelu_pose_native.forward(x, *weights, module.settings.as_kernel_list)
 
 
 @pytest.mark.parametrize("variant", ["a", "b", "c"])

@@ -66,7 +66,13 @@ def _load(vector_math: bool) -> None:
     name = f"dyrelu_pose_native_{key}"
     cpp_extension.load(name=name, sources=[str(SOURCE)], extra_cflags=cflags,
                        extra_ldflags=ldflags, is_python_module=False, verbose=False)
+    bind_fields(DyReLUSettings.field_names())
     _loaded.append(name)
+
+
+def bind_fields(names: list[str]) -> None:
+    """Tell the kernels which position of the settings list holds which field."""
+    torch.ops.dyrelu_pose_native.bind_fields(list(names))
 
 
 @functools.lru_cache(maxsize=None)
@@ -94,11 +100,11 @@ def forward(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, spatial_weight, spati
             settings: DyReLUSettings):
     return torch.ops.dyrelu_pose_native.forward(
         x.contiguous(), fc1_weight.contiguous(), fc1_bias, fc2_weight.contiguous(), fc2_bias,
-        spatial_weight, spatial_bias, settings.as_kernel_dict)
+        spatial_weight, spatial_bias, settings.as_kernel_list)
 
 
 def backward(grad, x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, spatial_weight, context,
              softmax, settings: DyReLUSettings, input_grad: bool):
     return torch.ops.dyrelu_pose_native.backward(
         grad, x.contiguous(), fc1_weight.contiguous(), fc1_bias, fc2_weight.contiguous(),
-        fc2_bias, spatial_weight, context, softmax, settings.as_kernel_dict, input_grad)
+        fc2_bias, spatial_weight, context, softmax, settings.as_kernel_list, input_grad)

@@ -5,9 +5,9 @@ The record holds what the formula needs beyond the tensors; sizes (C, the hidden
 number of coefficient groups) come from the tensors' shapes, so one record serves layers of
 every channel count and a compiled backend does not specialise on them.
 
-The operator's schema carries the record as a list of floats in field order (``as_floats``);
-the native kernels get it as a dict of floats by field name (``as_kernel_dict``) and read each
-field where they use it.
+The operator's schema and the native kernels carry the record as a list of floats in field
+order (``as_floats``); the kernels read each field by name where they use it (native.py binds
+the names to their positions once, ``field_names``).
 """
 from __future__ import annotations
 
@@ -58,9 +58,13 @@ class DyReLUSettings:
                 for f in dataclasses.fields(self) for v in [getattr(self, f.name)]]
 
     @functools.cached_property
-    def as_kernel_dict(self) -> dict[str, float]:
-        """{field: value} as floats, the mode as its index in MODES (built once)."""
-        return {f.name: v for f, v in zip(dataclasses.fields(self), self.as_floats())}
+    def as_kernel_list(self) -> list[float]:
+        """``as_floats()``, built once per record."""
+        return self.as_floats()
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
 
     @classmethod
     def from_floats(cls, values: list[float]) -> "DyReLUSettings":
