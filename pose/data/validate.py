@@ -118,17 +118,23 @@ def _keypoint_category(path: Path, categories: list, sigmas,
                                      str(path), sigmas)
 
 
+def _entry_id(path: Path, kind: str, index: int, entry: Any, seen) -> int:
+    """An image or annotation entry's id, checked: an object, an integer id, not seen."""
+    if not isinstance(entry, dict):
+        raise DataError(f"{path}: {kind}s[{index}] is not an object")
+    entry_id = entry.get("id")
+    if not _is_int(entry_id):
+        raise DataError(f"{path}: {kind}s[{index}]: 'id' is {entry_id!r}, not an integer")
+    if entry_id in seen:
+        raise DataError(f"{path}: {kind} id {entry_id} appears twice")
+    return entry_id
+
+
 def check_images(path: Path, images: list, image_dir: Optional[Path]) -> dict[int, dict]:
     """Image entries by id; raises DataError on the first fault."""
     by_id: dict[int, dict] = {}
     for i, image in enumerate(images):
-        if not isinstance(image, dict):
-            raise DataError(f"{path}: images[{i}] is not an object")
-        image_id = image.get("id")
-        if not _is_int(image_id):
-            raise DataError(f"{path}: images[{i}]: 'id' is {image_id!r}, not an integer")
-        if image_id in by_id:
-            raise DataError(f"{path}: image id {image_id} appears twice")
+        image_id = _entry_id(path, "image", i, image, by_id)
         where = f"{path}: image id {image_id}"
         if not isinstance(image.get("file_name"), str) or not image["file_name"]:
             raise DataError(f"{where}: 'file_name' is {image.get('file_name')!r}, not a name")
@@ -203,13 +209,7 @@ def check_keypoint_file(path: Path, data: Any, image_dir: Optional[Path] = None,
     report.images = len(images)
     seen: set[int] = set()
     for j, ann in enumerate(data["annotations"]):
-        if not isinstance(ann, dict):
-            raise DataError(f"{path}: annotations[{j}] is not an object")
-        ann_id = ann.get("id")
-        if not _is_int(ann_id):
-            raise DataError(f"{path}: annotations[{j}]: 'id' is {ann_id!r}, not an integer")
-        if ann_id in seen:
-            raise DataError(f"{path}: annotation id {ann_id} appears twice")
+        ann_id = _entry_id(path, "annotation", j, ann, seen)
         seen.add(ann_id)
         where = f"{path}: annotation id {ann_id}"
         if ann.get("image_id") not in images:
