@@ -67,7 +67,7 @@ class DataConfig:
     crop_geometry: str = "reference"  # reference (box centre -> W/2) | centred (-> (W-1)/2)
     clip_detection_boxes: bool = False  # the reference crops from the detector's raw box
     padding: float = 1.25  # box enlargement before cropping
-    oks_sigmas: Optional[list[float]] = None  # keypoint sets other than COCO's (pose.data.keypoints)
+    oks_sigmas: Optional[list[float]] = None  # for a keypoint set other than COCO's
     flip_prob: float = 0.5
     half_body_prob: float = 0.3
     scale_factor: float = 0.35  # scale drawn in [1 - f, 1 + f]

@@ -60,8 +60,9 @@ def _mismatch_message(checkpoint: Path, model: nn.Module, weights: dict, state: 
     stored = state.get("config") if isinstance(state.get("config"), dict) else None
     if stored:
         model_cfg = stored.get("model", {})
-        trained = (f"; it was trained with backbone act {model_cfg.get('backbone', {}).get('act')!r}"
-                   f", head act {model_cfg.get('head', {}).get('act')!r}, "
+        backbone, head = model_cfg.get("backbone", {}), model_cfg.get("head", {})
+        trained = (f"; it was trained with backbone act {backbone.get('act')!r}"
+                   f", head act {head.get('act')!r}, "
                    f"{model_cfg.get('num_keypoints')} keypoints")
     return (f"checkpoint {checkpoint} does not fit the config's model ({'; '.join(parts)})"
             f"{trained}; try --config {checkpoint.parent / 'config.yaml'}")

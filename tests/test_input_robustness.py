@@ -95,7 +95,8 @@ FILE_CASES = [
      ["annotation id", "'keypoints'[4]", "'12'"]),
     ("image entry without width", val_file, lambda d: d["images"][1].pop("width"),
      ["image id", "'width' missing"]),
-    ("bbox of three numbers", val_file, lambda d: first_annotation(d).__setitem__("bbox", [1, 2, 3]),
+    ("bbox of three numbers", val_file,
+     lambda d: first_annotation(d).__setitem__("bbox", [1, 2, 3]),
      ["annotation id", "'bbox'", "[1, 2, 3]"]),
     ("one annotation of another length", val_file,
      lambda d: first_annotation(d).__setitem__("keypoints", first_annotation(d)["keypoints"][:42]),
@@ -451,7 +452,8 @@ def test_a_worker_error_reaches_the_user_as_its_own_message(synthetic_data):
     loader = torch.utils.data.DataLoader(dataset, num_workers=1)
     with pytest.raises(DataError) as caught:
         next(iter(loader))
-    assert str(caught.value) == f"image file {dataset._image_path(dataset.samples[0]['image_id'])} is missing"
+    path = dataset._image_path(dataset.samples[0]["image_id"])
+    assert str(caught.value) == f"image file {path} is missing"
     # and an error raised directly keeps its text
     assert str(DataError("plain")) == "plain"
     assert copy.copy(DataError("x")).args == ("x",)

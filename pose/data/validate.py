@@ -153,8 +153,9 @@ def _check_annotation(where: str, ann: dict, num_keypoints: int, report: DataRep
     """Checks (and repairs) one keypoint annotation; True when it is a usable person."""
     keypoints = ann.get("keypoints")
     if not isinstance(keypoints, list):
-        raise DataError(f"{where}: 'keypoints' is {type(keypoints).__name__ if keypoints is not None else 'missing'}, "
-                        f"not a list of {num_keypoints} x (x, y, v)")
+        found = "missing" if keypoints is None else type(keypoints).__name__
+        raise DataError(f"{where}: 'keypoints' is {found}, not a list of {num_keypoints} x "
+                        f"(x, y, v)")
     if len(keypoints) != 3 * num_keypoints:
         raise DataError(f"{where}: 'keypoints' has {len(keypoints)} values; the file's keypoint "
                         f"category names {num_keypoints} keypoints ({3 * num_keypoints} values)")
