@@ -26,7 +26,7 @@ from pose.engine.checkpoint import load_checkpoint
 from pose.errors import DataError, DataWarning
 
 from conftest import ROOT
-from test_engine import SYNTHETIC_CONFIG, tiny_overrides
+from test_engine import SYNTHETIC_CONFIG, assert_same_run, tiny_overrides
 
 CROWDPOSE_SIGMAS = [.079, .079, .072, .072, .062, .062, .107, .107, .087, .087, .089, .089,
                     .079, .079]
@@ -313,12 +313,7 @@ def test_evaluation_failure_keeps_the_epoch_and_resume_evaluates_it_first(
     evals = [json.loads(line) for line in (tmp_path / "run/log.jsonl").read_text().splitlines()
              if json.loads(line)["kind"] == "eval"]
     assert [e["epoch"] for e in evals] == [1, 2]
-    straight = load_checkpoint(tmp_path / "straight/latest.pth")
-    resumed = load_checkpoint(tmp_path / "run/latest.pth")
-    for key, value in straight["model"].items():
-        assert torch.equal(value, resumed["model"][key]), key
-    assert json.loads((tmp_path / "straight/metrics.json").read_text())["final"] == \
-        json.loads((tmp_path / "run/metrics.json").read_text())["final"]
+    assert_same_run(tmp_path / "straight", tmp_path / "run")
 
 
 def test_a_checkpoint_of_another_architecture_is_explained(synthetic_data, tmp_path, capfd):
