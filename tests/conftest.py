@@ -1,4 +1,8 @@
+import contextlib
+import importlib.util
+import logging
 import os
+import warnings
 from pathlib import Path
 
 import pytest
@@ -17,7 +21,22 @@ def pytest_configure(config):
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
 
 
+def uses_compiled_backend(item) -> bool:
+    """Whether a test runs the DY-ReLU layer's torch.compile'd backend (what CUDA and bfloat16
+    take): parametrised with it, or marked ``compiled_backend``."""
+    params = getattr(item, "callspec", None)
+    return (item.get_closest_marker("compiled_backend") is not None
+            or (params is not None and params.params.get("backend") == "compiled"))
+
+
 def pytest_collection_modifyitems(config, items):
+    # The tests of the compiled backend share one worker (pytest-xdist's --dist loadgroup):
+    # a graph that one of them compiles then serves the others from dynamo's cache in memory,
+    # instead of each worker compiling it again (20-60 s a graph with an empty inductor cache).
+    for item in items:
+        if uses_compiled_backend(item):
+            item.add_marker(pytest.mark.xdist_group("compiled_backend"))
+
     # The longest tests first (their rough seconds on 2 cores, warm caches), so that the
     # parallel workers finish together.
     def seconds(item):
@@ -40,3 +59,37 @@ def synthetic_data(tmp_path_factory) -> Path:
     from pose.data.synthetic import generate
 
     return generate(tmp_path_factory.mktemp("synthetic"), train=24, val=9, seed=3)
+
+
+@contextlib.contextmanager
+def tool_output_restored():
+    """Undo what a tool run in this process sets up for its output (``pose.cli.setup_output``:
+    the "pose" logger's handler, one-line warnings), so that later tests in the same worker
+    see logging and warnings as pytest set them."""
+    logger = logging.getLogger("pose")
+    saved = list(logger.handlers), logger.propagate, logger.level, warnings.formatwarning
+    try:
+        yield
+    finally:
+        logger.handlers[:], logger.propagate, logger.level = saved[0], saved[1], saved[2]
+        warnings.formatwarning = saved[3]
+
+
+def load_tool(name: str):
+    """``tools/<name>.py`` as a module."""
+    spec = importlib.util.spec_from_file_location(f"tool_{name}", ROOT / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_tool_in_process(capfd, name: str, *args) -> tuple[int, str, str]:
+    """(exit status, stdout, stderr) of ``tools/<name>.py ARGS`` run in this process through
+    the same ``pose.cli.run`` as its command line (exit codes, one-line errors), reading what
+    reached the file descriptors; it spares each tool test a new interpreter's imports."""
+    from pose import cli
+
+    with tool_output_restored(), pytest.raises(SystemExit) as stop:
+        cli.run(load_tool(name).main, [str(a) for a in args])
+    out, err = capfd.readouterr()
+    return stop.value.code, out, err

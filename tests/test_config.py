@@ -6,7 +6,7 @@ import yaml
 
 from pose.config import ConfigError, load_config, save_config
 
-from conftest import ROOT
+from conftest import ROOT, run_tool_in_process
 
 COCO_CONFIG = ROOT / "configs/coco/mobilenetv2_x0.5_256x192.yaml"
 SYNTHETIC_CONFIG = ROOT / "configs/synthetic/mobilenetv2_x0.5_96x64.yaml"
@@ -71,25 +71,29 @@ def test_saved_config_reloads_to_the_same_config(tmp_path):
     assert "_base_" not in yaml.safe_load((tmp_path / "config.yaml").read_text())
 
 
-def run_tool(*args):
-    return subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True,
-                          cwd=ROOT)
-
-
-@pytest.mark.parametrize("args,message", [
-    (["tools/train.py", "--config", SYNTHETIC_CONFIG, "--set", "train.epoch=3"],
+@pytest.mark.parametrize("tool,args,message", [
+    ("train", ["--config", SYNTHETIC_CONFIG, "--set", "train.epoch=3"],
      "unknown config key 'train.epoch'; did you mean 'train.epochs'?"),
-    (["tools/train.py", "--config", SYNTHETIC_CONFIG, "--set", "train.lr=fast"],
+    ("train", ["--config", SYNTHETIC_CONFIG, "--set", "train.lr=fast"],
      "'train.lr': expected float, got 'fast'"),
-    (["tools/train.py", "--config", SYNTHETIC_CONFIG, "--set", "data.root=/nonexistent/coco"],
+    ("train", ["--config", SYNTHETIC_CONFIG, "--set", "data.root=/nonexistent/coco"],
      "annotation file not found: /nonexistent/coco/annotations/person_keypoints_train.json"),
-    (["tools/test.py", "--config", SYNTHETIC_CONFIG, "--checkpoint", "/nonexistent/best.pth"],
+    ("test", ["--config", SYNTHETIC_CONFIG, "--checkpoint", "/nonexistent/best.pth"],
      "checkpoint not found: /nonexistent/best.pth"),
-    (["tools/train.py", "--config", "configs/nope.yaml"], "config file not found"),
 ])
-def test_expected_mistakes_are_one_line_errors_with_nonzero_exit(args, message):
-    result = run_tool(*args)
+def test_expected_mistakes_are_one_line_errors_with_nonzero_exit(tool, args, message, capfd):
+    # In this process, through the tools' own entry point (pose.cli.run); the test below runs
+    # one mistake as a real command line.
+    code, out, err = run_tool_in_process(capfd, tool, *args)
+    assert code == 2
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]
+
+
+def test_a_mistake_on_the_command_line_is_one_line_and_exit_status_2():
+    result = subprocess.run([sys.executable, "tools/train.py", "--config", "configs/nope.yaml"],
+                            capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]
+    assert len(lines) == 1 and lines[0].startswith("error: config file not found")

@@ -12,15 +12,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import io
 import re
 import runpy
 import shlex
 import sys
-import warnings
 from pathlib import Path
 
 import pytest
+
+from conftest import tool_output_restored
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -77,26 +79,27 @@ def parse_command(kind: str, target: str, args: list[str]) -> argparse.Namespace
     def parse_then_stop(parser, *a, **kw):
         raise _Parsed(real_parse_args(parser, *a, **kw))
 
+    if kind == "module":
+        path = Path(importlib.util.find_spec(target).origin)
+    else:
+        path = ROOT / target
+        assert path.is_file(), f"{target} does not exist"
     stderr = io.StringIO()
-    saved = sys.argv[:], sys.path[:], warnings.formatwarning
+    saved = sys.argv[:], sys.path[:]
     try:
         argparse.ArgumentParser.parse_args = parse_then_stop
         sys.argv = [target, *args]
-        with contextlib.redirect_stderr(stderr):
-            if kind == "module":
-                runpy.run_module(target, run_name="__main__", alter_sys=True)
-            else:
-                path = ROOT / target
-                assert path.is_file(), f"{target} does not exist"
-                sys.path.insert(0, str(path.parent))  # as `python path/x.py` would
-                runpy.run_path(str(path), run_name="__main__")
+        if kind == "script":
+            sys.path.insert(0, str(path.parent))  # as `python path/x.py` would
+        with tool_output_restored(), contextlib.redirect_stderr(stderr):
+            runpy.run_path(str(path), run_name="__main__")
     except _Parsed as parsed:
         return parsed.namespace
     except SystemExit as exit_:
         pytest.fail(f"{target} {shlex.join(args)}\nexits {exit_.code}: {stderr.getvalue().strip()}")
     finally:
         argparse.ArgumentParser.parse_args = real_parse_args
-        sys.argv, sys.path[:], warnings.formatwarning = saved[0], saved[1], saved[2]
+        sys.argv, sys.path[:] = saved
     pytest.fail(f"{target} never parsed its arguments")
 
 

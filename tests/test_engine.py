@@ -138,6 +138,7 @@ def test_non_finite_loss_stops_with_the_iteration_and_keeps_last_checkpoint(
 
 
 @pytest.mark.slow(seconds=45)
+@pytest.mark.compiled_backend  # bfloat16 runs the compiled backend
 def test_bf16_autocast_training_runs_on_cpu(synthetic_data, tmp_path):
     metrics = runner.run_training(tiny_config(synthetic_data, **{"train.amp": "bf16",
                                                                  "train.epochs": 1}),

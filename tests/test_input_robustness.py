@@ -6,18 +6,14 @@ line, with DataLoader workers (``num_workers`` 0 and 2), and the test reads what
 file descriptors (so a worker's own traceback would be seen too).
 """
 import copy
-import importlib.util
 import json
-import logging
 import shutil
-import warnings
 
 import cv2
 import numpy as np
 import pytest
 import torch
 
-from pose import cli
 from pose.config import load_config
 from pose.data.coco import TopDownCocoDataset, load_keypoint_file
 from pose.data.heatmap import HeatmapCodec
@@ -25,34 +21,11 @@ from pose.engine import runner
 from pose.engine.checkpoint import load_checkpoint
 from pose.errors import DataError, DataWarning
 
-from conftest import ROOT
+from conftest import run_tool_in_process as run_tool
 from test_engine import SYNTHETIC_CONFIG, assert_same_run, tiny_overrides
 
 CROWDPOSE_SIGMAS = [.079, .079, .072, .072, .062, .062, .107, .107, .087, .087, .089, .089,
                     .079, .079]
-
-
-def load_tool(name):
-    spec = importlib.util.spec_from_file_location(f"tool_{name}", ROOT / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def run_tool(capfd, name, *args):
-    """(exit status, stdout, stderr) of a tool run as its command line runs it; the output
-    set-up the tool makes (the "pose" logger, one-line warnings) is undone afterwards, so
-    that later tests in this process see logging as pytest set it."""
-    logger = logging.getLogger("pose")
-    saved = list(logger.handlers), logger.propagate, logger.level, warnings.formatwarning
-    try:
-        with pytest.raises(SystemExit) as stop:
-            cli.run(load_tool(name).main, [str(a) for a in args])
-    finally:
-        logger.handlers[:], logger.propagate, logger.level = saved[0], saved[1], saved[2]
-        warnings.formatwarning = saved[3]
-    out, err = capfd.readouterr()
-    return stop.value.code, out, err
 
 
 def set_args(overrides):

@@ -1,7 +1,6 @@
 """Demo, dynamics plot and ONNX export."""
 import json
-import subprocess
-import sys
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -11,7 +10,7 @@ import torch
 from pose.config import load_config
 from pose.models import build_model
 
-from conftest import ROOT
+from conftest import run_tool_in_process
 from test_engine import SYNTHETIC_CONFIG
 
 SMALL = ["data.input_size=[96, 64]", "model.head.channels=[32, 16, 16]"]
@@ -24,18 +23,19 @@ def save_random_checkpoint(path, overrides):
     return path
 
 
-def run_tool(name, *args):
-    return subprocess.run([sys.executable, str(ROOT / "tools" / name), *map(str, args)],
-                          capture_output=True, text=True, cwd=ROOT, timeout=600)
+def run_tool(capfd, name, *args):
+    """``tools/<name> ARGS`` through its command line's entry point, in this process."""
+    code, out, err = run_tool_in_process(capfd, name.removesuffix(".py"), *args)
+    return SimpleNamespace(returncode=code, stdout=out, stderr=err)
 
 
 def set_args(overrides):
     return [a for o in overrides for a in ("--set", o)]
 
 
-def test_demo_on_coco_sample_writes_a_picture_and_coco_json_per_image(coco_sample, tmp_path):
+def test_demo_on_coco_sample_writes_a_picture_and_coco_json_per_image(coco_sample, tmp_path, capfd):
     checkpoint = save_random_checkpoint(tmp_path / "model.pth", SMALL)
-    result = run_tool("demo.py", "--config", SYNTHETIC_CONFIG, *set_args(SMALL),
+    result = run_tool(capfd, "demo.py", "--config", SYNTHETIC_CONFIG, *set_args(SMALL),
                       "--checkpoint", checkpoint, "--input", coco_sample / "images",
                       "--out", tmp_path / "out", "--det-file",
                       coco_sample / "person_detections_sample.json", "--kpt-threshold", "-1")
@@ -66,13 +66,13 @@ def test_demo_on_coco_sample_writes_a_picture_and_coco_json_per_image(coco_sampl
                                  if 2 <= round(x) < w - 2 and 2 <= round(y) < h - 2)
 
 
-def test_demo_skips_unreadable_files_and_goes_on(coco_sample, tmp_path):
+def test_demo_skips_unreadable_files_and_goes_on(coco_sample, tmp_path, capfd):
     checkpoint = save_random_checkpoint(tmp_path / "model.pth", SMALL)
     folder = tmp_path / "in"
     folder.mkdir()
     (folder / "good.jpg").symlink_to(coco_sample / "images" / "000000000785.jpg")
     (folder / "broken.jpg").write_bytes(b"garbage")
-    result = run_tool("demo.py", "--config", SYNTHETIC_CONFIG, *set_args(SMALL),
+    result = run_tool(capfd, "demo.py", "--config", SYNTHETIC_CONFIG, *set_args(SMALL),
                       "--checkpoint", checkpoint, "--input", folder, "--out", tmp_path / "out",
                       "--boxes", "100,50,200,300")
     assert result.returncode == 0, result.stderr[-2000:]
@@ -81,9 +81,9 @@ def test_demo_skips_unreadable_files_and_goes_on(coco_sample, tmp_path):
     assert not (tmp_path / "out/broken.jpg.json").exists()
 
 
-def test_demo_detector_without_weights_is_a_clear_error(coco_sample, tmp_path):
+def test_demo_detector_without_weights_is_a_clear_error(coco_sample, tmp_path, capfd):
     checkpoint = save_random_checkpoint(tmp_path / "model.pth", SMALL)
-    result = run_tool("demo.py", "--config", SYNTHETIC_CONFIG, *set_args(SMALL),
+    result = run_tool(capfd, "demo.py", "--config", SYNTHETIC_CONFIG, *set_args(SMALL),
                       "--checkpoint", checkpoint, "--input", coco_sample / "images",
                       "--out", tmp_path / "out", "--detector", "torchvision")
     assert result.returncode == 2
@@ -91,17 +91,17 @@ def test_demo_detector_without_weights_is_a_clear_error(coco_sample, tmp_path):
 
 
 @pytest.mark.slow(seconds=40)
-def test_dynamics_plot_for_dyrelu_and_refusal_for_relu(synthetic_data, tmp_path):
+def test_dynamics_plot_for_dyrelu_and_refusal_for_relu(synthetic_data, tmp_path, capfd):
     overrides = SMALL + [f"data.root={synthetic_data}", "model.backbone.act=dyrelu_b"]
     checkpoint = save_random_checkpoint(tmp_path / "model.pth", overrides)
-    result = run_tool("plot_dynamics.py", "--config", SYNTHETIC_CONFIG, *set_args(overrides),
+    result = run_tool(capfd, "plot_dynamics.py", "--config", SYNTHETIC_CONFIG, *set_args(overrides),
                       "--checkpoint", checkpoint, "--images", 4, "--out", tmp_path / "dyn.png")
     assert result.returncode == 0, result.stderr[-2000:]
     assert (tmp_path / "dyn.png").read_bytes()[:4] == b"\x89PNG"
 
     relu = SMALL + [f"data.root={synthetic_data}", "model.backbone.act=relu"]
     relu_checkpoint = save_random_checkpoint(tmp_path / "relu.pth", relu)
-    refused = run_tool("plot_dynamics.py", "--config", SYNTHETIC_CONFIG, *set_args(relu),
+    refused = run_tool(capfd, "plot_dynamics.py", "--config", SYNTHETIC_CONFIG, *set_args(relu),
                        "--checkpoint", relu_checkpoint)
     assert refused.returncode == 2 and "not DY-ReLU" in refused.stderr
 
@@ -139,7 +139,7 @@ def test_onnx_export_matches_pytorch_for_every_activation(act, tmp_path):
 
 
 @pytest.mark.slow(seconds=45)
-def test_export_tool_writes_a_checked_onnx_pose_model(tmp_path):
+def test_export_tool_writes_a_checked_onnx_pose_model(tmp_path, capfd):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
     import onnx
@@ -147,18 +147,29 @@ def test_export_tool_writes_a_checked_onnx_pose_model(tmp_path):
     overrides = SMALL + ["model.backbone.act=maxout", "model.head.act=dyrelu_c"]
     model = with_random_statistics(build_model(load_config(SYNTHETIC_CONFIG, overrides).model))
     torch.save({"model": model.state_dict()}, tmp_path / "model.pth")
-    result = run_tool("export_onnx.py", "--config", SYNTHETIC_CONFIG, *set_args(overrides),
+    result = run_tool(capfd, "export_onnx.py", "--config", SYNTHETIC_CONFIG, *set_args(overrides),
                       "--checkpoint", tmp_path / "model.pth", "--out", tmp_path / "m.onnx")
     assert result.returncode == 0, result.stderr[-2000:]
     difference = float(result.stdout.split("PyTorch:")[1].split()[0])
     assert difference < 1e-4
-    # the same people through the evaluation's path: the same keypoints (results keep 3
-    # decimals)
-    pixels = float(result.stdout.split("max difference")[1].split()[0])
-    assert pixels <= 1e-3
     graph = onnx.load(str(tmp_path / "m.onnx")).graph
     batch = graph.input[0].type.tensor_type.shape.dim[0]
     assert batch.dim_param and not batch.dim_value  # the batch dimension stays dynamic
+
+    # The same people through the evaluation's path (crop, flip test, decoding, rescoring):
+    # the same keypoints. A random model's heatmaps have near-equal maxima, which a 1e-6
+    # difference (another thread count, another backend) flips by a heatmap pixel, so this
+    # runs on a model whose heatmap layer has no weights: its heatmaps are exactly flat, both
+    # runtimes decode them the same way, and what is compared is the path around the model.
+    last = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)][-1]
+    with torch.no_grad():
+        last.weight.zero_()
+    torch.save({"model": model.state_dict()}, tmp_path / "flat.pth")
+    result = run_tool(capfd, "export_onnx.py", "--config", SYNTHETIC_CONFIG, *set_args(overrides),
+                      "--checkpoint", tmp_path / "flat.pth", "--out", tmp_path / "flat.onnx")
+    assert result.returncode == 0, result.stderr[-2000:]
+    pixels = float(result.stdout.split("max difference")[1].split()[0])
+    assert pixels <= 1e-3  # results keep 3 decimals
 
 
 def test_the_torchscript_exporter_stays_available_and_says_it_is_deprecated(tmp_path):
@@ -171,8 +182,8 @@ def test_the_torchscript_exporter_stays_available_and_says_it_is_deprecated(tmp_
     assert difference < 1e-4
 
 
-def test_browse_dataset_writes_crops_with_targets(synthetic_data, tmp_path):
-    result = run_tool("browse_dataset.py", "--config", SYNTHETIC_CONFIG,
+def test_browse_dataset_writes_crops_with_targets(synthetic_data, tmp_path, capfd):
+    result = run_tool(capfd, "browse_dataset.py", "--config", SYNTHETIC_CONFIG,
                       "--set", f"data.root={synthetic_data}", "--out", tmp_path / "browse",
                       "--count", 5)
     assert result.returncode == 0, result.stderr[-2000:]

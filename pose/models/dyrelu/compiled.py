@@ -270,9 +270,10 @@ _compiled_forward = _compile(_forward)
 _compiled_backward = _compile(_backward)
 _separately_compiled_passes = _Passes(*map(_compile, _PLAIN_PASSES))
 
-# Graphs are kept per state they are called in; called below autograd with detached tensors,
-# as inside a compiled model, eager and compiled models and training and inference share one.
-# The guard is private PyTorch API; without it they only keep separate graphs.
+# Graphs are kept per state they are called in (dynamo guards on grad mode, autocast and the
+# dispatch state); called below autograd, without grad and with detached tensors, as inside a
+# compiled model, eager and compiled models, training, inference and gradient checks share
+# one. The dispatch guard is private PyTorch API; without it they only keep separate graphs.
 _below_autograd = getattr(torch._C, "_AutoDispatchBelowADInplaceOrView", contextlib.nullcontext)
 
 
@@ -282,7 +283,7 @@ def _detached(*tensors: Optional[Tensor]):
 
 def forward(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, spatial_weight, spatial_bias,
             settings: DyReLUSettings):
-    with _below_autograd(), torch.autocast(x.device.type, enabled=False):
+    with _below_autograd(), torch.no_grad(), torch.autocast(x.device.type, enabled=False):
         weights = _detached(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias,
                             None if spatial_weight is None else spatial_weight.view(-1),
                             spatial_bias)
@@ -291,7 +292,11 @@ def forward(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, spatial_weight, spati
 
 def backward(grad, x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, spatial_weight, context,
              softmax, settings: DyReLUSettings, input_grad: bool):
-    with _below_autograd(), torch.autocast(x.device.type, enabled=False):
+    if grad.stride() != x.stride():
+        # e.g. the expanded gradient of y.sum(): laid out as x, it takes x's graph (dynamo
+        # guards on strides) instead of compiling one for its layout.
+        grad = torch.empty_like(x).copy_(grad)
+    with _below_autograd(), torch.no_grad(), torch.autocast(x.device.type, enabled=False):
         inputs = (*_detached(grad, x, fc1_weight, fc1_bias, fc2_weight, fc2_bias,
                              None if spatial_weight is None else spatial_weight.view(-1),
                              context, softmax), settings, input_grad)

@@ -195,10 +195,12 @@ def layer(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, spatial_weight, spatial
 def _probe_compiled(device: torch.device, dtype: torch.dtype, weight_dtype: torch.dtype):
     """Runs the compiled forward and backward once on a small layer: torch.compile fails at
     its first call where it cannot work (no C++ compiler or Triton, an unsupported dtype)."""
-    settings = DyReLUSettings()
-    x = torch.randn(2, 4, 5, 3, device=device, dtype=dtype)
+    settings = DyReLUSettings()  # variant B, K = 2
+    # Sizes that all differ (batch 2, channels 4, hidden width 3, 2KC = 16, 5x7), so that
+    # dynamo's duck sizing assumes no equality and the graph also serves real B layers.
+    x = torch.randn(2, 4, 5, 7, device=device, dtype=dtype)
     weights = [torch.randn(*shape, device=device, dtype=weight_dtype)
-               for shape in ((2, 4), (2,), (16, 2), (16,))]
+               for shape in ((3, 4), (3,), (16, 3), (16,))]
     y, context, softmax = compiled.forward(x, *weights, None, None, settings)
     compiled.backward(torch.ones_like(y), x, *weights, None, context, softmax, settings, True)
 
