@@ -29,6 +29,7 @@ def uses_compiled_backend(item) -> bool:
             or (params is not None and params.params.get("backend") == "compiled"))
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's, which reads the groups
 def pytest_collection_modifyitems(config, items):
     # The tests of the compiled backend share one worker (pytest-xdist's --dist loadgroup):
     # a graph that one of them compiles then serves the others from dynamo's cache in memory,
