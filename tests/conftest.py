@@ -56,10 +56,12 @@ def coco_sample() -> Path:
 
 @pytest.fixture(scope="session")
 def synthetic_data(tmp_path_factory) -> Path:
-    """A small synthetic COCO-format dataset, made once per test session."""
+    """A small synthetic COCO-format dataset, made once per test session. The crowded scene:
+    occluded joints, several people per image and crop, as in real data."""
     from pose.data.synthetic import generate
 
-    return generate(tmp_path_factory.mktemp("synthetic"), train=24, val=9, seed=3)
+    return generate(tmp_path_factory.mktemp("synthetic"), train=24, val=9, seed=3,
+                    scene="crowded")
 
 
 @contextlib.contextmanager

@@ -14,7 +14,7 @@ from pose.engine.loop import NonFiniteLossError, lr_factor
 
 from conftest import ROOT
 
-SYNTHETIC_CONFIG = ROOT / "configs/synthetic/mobilenetv2_x0.5_96x64.yaml"
+SYNTHETIC_CONFIG = ROOT / "configs/synthetic/mobilenetv2_x0.5_128x96.yaml"
 
 
 def tiny_overrides(data_root, **extra):

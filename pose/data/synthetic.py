@@ -1,6 +1,6 @@
 """A synthetic COCO-format person-keypoint dataset of articulated stick figures.
 
-    python -m pose.data.synthetic --out data/synthetic --train 800 --val 200 --seed 0
+    python -m pose.data.synthetic --out data/synthetic --train 800 --val 200 --seed 0 --scene single
 
 Writes (the same layout as COCO, see data/README.md):
 
@@ -8,9 +8,10 @@ Writes (the same layout as COCO, see data/README.md):
     OUT/{train,val}/*.jpg
     OUT/person_detection_results/val_detections.json
 
-Each image has a textured, noisy background, 1-3 figures facing the camera (the person's
-left is on the image's right) with random pose, size, limb thickness and colours, sometimes
-a rectangular occluder. Joints hidden by a later figure or an occluder are labelled v = 1,
+Each image has a textured, noisy background and figures facing the camera (the person's
+left is on the image's right) with random pose, size, limb thickness and colours; a scene
+(``SCENES``) says how many figures, how large and thick, and how often a rectangular
+occluder is drawn in front of them. Joints hidden by a later figure or an occluder are labelled v = 1,
 joints outside the image v = 0 (stored as 0, 0, 0), the others v = 2. ``bbox`` is the figure's
 silhouette extent inside the image and ``area`` its silhouette's pixel count, so every
 labelled joint lies inside its image and its box. The detector file holds jittered boxes of
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import cv2
@@ -32,6 +34,27 @@ from pose.data.keypoints import KEYPOINT_NAMES, NUM_KEYPOINTS, SKELETON
 # Image ids are deliberately unrelated to file names.
 ID_BASE = {"train": 100_000, "val": 900_000}
 ID_STEP = 7
+
+
+@dataclass(frozen=True)
+class Scene:
+    """How an image is composed. Sizes and thicknesses are drawn uniformly from the ranges,
+    as fractions of the image's height and of the figure's height."""
+    size: tuple[float, float]
+    thickness: tuple[float, float]
+    max_people: int
+    occluder_prob: float
+
+
+SCENES = {
+    # The main job's data: one large, thick figure per image, nothing in front of it, so
+    # that a short CPU run resolves its cells (configs/synthetic/*.yaml's header).
+    "single": Scene(size=(0.5, 0.9), thickness=(0.07, 0.12), max_people=1, occluder_prob=0.0),
+    # 1-3 thinner figures that hide each other, and occluders: every visibility flag, crowded
+    # crops, OKS-NMS and detections of several people occur.
+    "crowded": Scene(size=(0.35, 0.85), thickness=(0.035, 0.07), max_people=3,
+                     occluder_prob=0.3),
+}
 
 
 def _rot(angle: float) -> np.ndarray:
@@ -68,10 +91,10 @@ def figure_keypoints(rng: np.random.Generator, height: float, hip: np.ndarray) -
 
 
 def draw_figure(canvas: np.ndarray, pts: np.ndarray, height: float,
-                rng: np.random.Generator) -> np.ndarray:
+                thickness_range: tuple[float, float], rng: np.random.Generator) -> np.ndarray:
     """Draw a figure on ``canvas`` (in place); returns its (H, W) bool silhouette."""
     mask = np.zeros(canvas.shape[:2], np.uint8)
-    thickness = max(2, int(height * rng.uniform(0.035, 0.07)))
+    thickness = max(2, int(height * rng.uniform(*thickness_range)))
     body = rng.integers(40, 256, 3)
     left_tone = np.clip(body + rng.integers(40, 90), 0, 255)  # the left side is lighter
     right_tone = np.clip(body - rng.integers(40, 90), 0, 255)
@@ -112,19 +135,19 @@ def background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
     return image
 
 
-def make_image(rng: np.random.Generator, max_people: int = 3):
+def make_image(rng: np.random.Generator, scene: Scene):
     """One RGB image and its figures' annotations (without ids)."""
     height, width = int(rng.integers(224, 385)), int(rng.integers(224, 385))
     image = background(rng, height, width)
     people = []
-    for _ in range(int(rng.integers(1, max_people + 1))):
-        size = rng.uniform(0.35, 0.85) * height
+    for _ in range(int(rng.integers(1, scene.max_people + 1))):
+        size = rng.uniform(*scene.size) * height
         hip = np.array([rng.uniform(0.1, 0.9) * width, rng.uniform(0.35, 0.75) * height])
         pts = figure_keypoints(rng, size, hip)
-        mask = draw_figure(image, pts, size, rng)
+        mask = draw_figure(image, pts, size, scene.thickness, rng)
         people.append((pts, mask))
     occluder = np.zeros((height, width), bool)
-    if rng.random() < 0.3:
+    if rng.random() < scene.occluder_prob:
         x0, y0 = int(rng.integers(0, width - 20)), int(rng.integers(0, height - 20))
         w, h = int(rng.integers(15, width // 3)), int(rng.integers(15, height // 3))
         image[y0:y0 + h, x0:x0 + w] = rng.integers(0, 256, 3)
@@ -175,14 +198,14 @@ def jitter_detections(rng: np.random.Generator, annotations, width: int, height:
              "score": round(float(score), 4)} for box, score in detections]
 
 
-def write_split(out: Path, split: str, count: int, seed: int) -> list[dict]:
+def write_split(out: Path, split: str, count: int, seed: int, scene: Scene) -> list[dict]:
     """Write one split's images and annotation file; returns its detections."""
     (out / split).mkdir(parents=True, exist_ok=True)
     images, annotations, detections = [], [], []
     split_code = {"train": 1, "val": 2}[split]
     for i in range(count):
         rng = np.random.default_rng([seed, split_code, i])
-        image, anns = make_image(rng)
+        image, anns = make_image(rng, scene)
         image_id = ID_BASE[split] + ID_STEP * i
         file_name = f"{split}_{i:06d}.jpg"
         ok, encoded = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 92])
@@ -198,31 +221,37 @@ def write_split(out: Path, split: str, count: int, seed: int) -> list[dict]:
     categories = [{"id": 1, "name": "person", "supercategory": "person",
                    "keypoints": list(KEYPOINT_NAMES),
                    "skeleton": [[a + 1, b + 1] for a, b in SKELETON]}]
-    dataset = {"info": {"description": f"dyrelu-pose synthetic stick figures, seed {seed}"},
+    description = f"dyrelu-pose synthetic stick figures, seed {seed}, scene {asdict(scene)}"
+    dataset = {"info": {"description": description},
                "images": images, "annotations": annotations, "categories": categories}
     (out / "annotations").mkdir(parents=True, exist_ok=True)
     (out / "annotations" / f"person_keypoints_{split}.json").write_text(json.dumps(dataset))
     return detections
 
 
-def generate(out: str | Path, train: int, val: int, seed: int = 0) -> Path:
+def generate(out: str | Path, train: int, val: int, seed: int = 0,
+             scene: str = "single") -> Path:
+    """Write the dataset; ``scene`` names an entry of SCENES."""
     out = Path(out)
-    write_split(out, "train", train, seed)
-    detections = write_split(out, "val", val, seed)
+    if scene not in SCENES:
+        raise ValueError(f"unknown scene {scene!r}; choose from {sorted(SCENES)}")
+    write_split(out, "train", train, seed, SCENES[scene])
+    detections = write_split(out, "val", val, seed, SCENES[scene])
     (out / "person_detection_results").mkdir(parents=True, exist_ok=True)
     (out / "person_detection_results" / "val_detections.json").write_text(json.dumps(detections))
-    (out / "DONE").write_text(json.dumps({"train": train, "val": val, "seed": seed}) + "\n")
+    marker = {"train": train, "val": val, "seed": seed, "scene": scene}
+    (out / "DONE").write_text(json.dumps(marker) + "\n")
     return out
 
 
-def ensure(out: str | Path, train: int, val: int, seed: int = 0) -> Path:
+def ensure(out: str | Path, train: int, val: int, seed: int = 0, scene: str = "single") -> Path:
     """Generate the dataset unless ``out`` already holds this exact one."""
     out = Path(out)
     marker = out / "DONE"
-    wanted = {"train": train, "val": val, "seed": seed}
+    wanted = {"train": train, "val": val, "seed": seed, "scene": scene}
     if marker.is_file() and json.loads(marker.read_text()) == wanted:
         return out
-    return generate(out, train, val, seed)
+    return generate(out, train, val, seed, scene)
 
 
 def main(argv=None) -> None:
@@ -231,12 +260,16 @@ def main(argv=None) -> None:
     parser.add_argument("--train", type=int, default=800)
     parser.add_argument("--val", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--scene", choices=sorted(SCENES), default="single",
+                        help="single: one figure per image (the main job's data); crowded: "
+                             "1-3 figures that occlude each other, and occluders")
     parser.add_argument("--force", action="store_true",
                         help="write even if OUT already holds this exact dataset")
     args = parser.parse_args(argv)
     make = generate if args.force else ensure
-    make(args.out, args.train, args.val, args.seed)
-    print(f"{args.out} holds {args.train} train and {args.val} val images (seed {args.seed})")
+    make(args.out, args.train, args.val, args.seed, args.scene)
+    print(f"{args.out} holds {args.train} train and {args.val} val images "
+          f"(seed {args.seed}, scene {args.scene})")
 
 
 if __name__ == "__main__":
