@@ -190,7 +190,8 @@ def test_browse_dataset_writes_crops_with_targets(synthetic_data, tmp_path, capf
     pictures = sorted((tmp_path / "browse").glob("*.png"))
     assert len(pictures) == 5
     crop = cv2.imread(str(pictures[0]))
-    assert crop.shape == (96, 2 * 64, 3)  # the crop beside its target heatmaps
+    height, width = load_config(SYNTHETIC_CONFIG).data.input_size
+    assert crop.shape == (height, 2 * width, 3)  # the crop beside its target heatmaps
 
 
 @pytest.mark.parametrize("clip,geometry", [(False, "reference"), (True, "centred")])
