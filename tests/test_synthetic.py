@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 from pycocotools.coco import COCO
 
 from pose.data.synthetic import generate
@@ -43,3 +44,14 @@ def test_detections_refer_to_val_images_and_include_false_positives(synthetic_da
     assert {d["image_id"] for d in detections} <= set(coco.getImgIds())
     assert min(d["score"] for d in detections) < 0.5 < max(d["score"] for d in detections)
     coco.loadRes(detections)  # pycocotools accepts it as detection results
+
+
+def test_the_single_scene_has_one_unoccluded_figure_per_image(tmp_path):
+    root = generate(tmp_path / "single", train=6, val=2, seed=4, scene="single")
+    coco = COCO(str(root / "annotations/person_keypoints_train.json"))
+    for image_id in coco.getImgIds():
+        anns = coco.loadAnns(coco.getAnnIds(imgIds=image_id))
+        assert len(anns) == 1
+        assert 1 not in anns[0]["keypoints"][2::3]  # nothing in front of the figure
+    with pytest.raises(ValueError, match="unknown scene 'busy'"):
+        generate(tmp_path / "busy", train=1, val=1, scene="busy")

@@ -11,8 +11,8 @@ Writes (the same layout as COCO, see data/README.md):
 Each image has a textured, noisy background and figures facing the camera (the person's
 left is on the image's right) with random pose, size, limb thickness and colours; a scene
 (``SCENES``) says how many figures, how large and thick, and how often a rectangular
-occluder is drawn in front of them. Joints hidden by a later figure or an occluder are labelled v = 1,
-joints outside the image v = 0 (stored as 0, 0, 0), the others v = 2. ``bbox`` is the figure's
+occluder is drawn in front of them. Joints hidden by a later figure or an occluder are
+labelled v = 1, joints outside the image v = 0 (stored as 0, 0, 0), the others v = 2. ``bbox`` is the figure's
 silhouette extent inside the image and ``area`` its silhouette's pixel count, so every
 labelled joint lies inside its image and its box. The detector file holds jittered boxes of
 most figures with high scores plus low-scoring false positives. Output depends only on
