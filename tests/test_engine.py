@@ -199,7 +199,7 @@ def test_ddp_on_two_cpu_processes_matches_single_process_evaluation(synthetic_da
     assert differing <= 0.02 * total
 
 
-@pytest.mark.slow(seconds=370)
+@pytest.mark.slow(seconds=200)
 def test_synthetic_config_learns_well_above_an_untrained_model(tmp_path):
     """A few minutes of ReLU/ReLU training with the synthetic config (its own recipe) must
     lift AP far above the same model untrained, scored the same way."""

@@ -12,11 +12,11 @@ Each image has a textured, noisy background and figures facing the camera (the p
 left is on the image's right) with random pose, size, limb thickness and colours; a scene
 (``SCENES``) says how many figures, how large and thick, and how often a rectangular
 occluder is drawn in front of them. Joints hidden by a later figure or an occluder are
-labelled v = 1, joints outside the image v = 0 (stored as 0, 0, 0), the others v = 2. ``bbox`` is the figure's
-silhouette extent inside the image and ``area`` its silhouette's pixel count, so every
-labelled joint lies inside its image and its box. The detector file holds jittered boxes of
-most figures with high scores plus low-scoring false positives. Output depends only on
-the arguments: the same seed gives byte-identical files.
+labelled v = 1, joints outside the image v = 0 (stored as 0, 0, 0), the others v = 2.
+``bbox`` is the figure's silhouette extent inside the image and ``area`` its silhouette's
+pixel count, so every labelled joint lies inside its image and its box. The detector file
+holds jittered boxes of most figures with high scores plus low-scoring false positives.
+Output depends only on the arguments: the same seed and scene give byte-identical files.
 """
 from __future__ import annotations
 
@@ -55,6 +55,7 @@ SCENES = {
     "crowded": Scene(size=(0.35, 0.85), thickness=(0.035, 0.07), max_people=3,
                      occluder_prob=0.3),
 }
+DEFAULT_SCENE = "single"
 
 
 def _rot(angle: float) -> np.ndarray:
@@ -230,7 +231,7 @@ def write_split(out: Path, split: str, count: int, seed: int, scene: Scene) -> l
 
 
 def generate(out: str | Path, train: int, val: int, seed: int = 0,
-             scene: str = "single") -> Path:
+             scene: str = DEFAULT_SCENE) -> Path:
     """Write the dataset; ``scene`` names an entry of SCENES."""
     out = Path(out)
     if scene not in SCENES:
@@ -244,7 +245,8 @@ def generate(out: str | Path, train: int, val: int, seed: int = 0,
     return out
 
 
-def ensure(out: str | Path, train: int, val: int, seed: int = 0, scene: str = "single") -> Path:
+def ensure(out: str | Path, train: int, val: int, seed: int = 0,
+           scene: str = DEFAULT_SCENE) -> Path:
     """Generate the dataset unless ``out`` already holds this exact one."""
     out = Path(out)
     marker = out / "DONE"
@@ -260,7 +262,7 @@ def main(argv=None) -> None:
     parser.add_argument("--train", type=int, default=800)
     parser.add_argument("--val", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--scene", choices=sorted(SCENES), default="single",
+    parser.add_argument("--scene", choices=sorted(SCENES), default=DEFAULT_SCENE,
                         help="single: one figure per image (the main job's data); crowded: "
                              "1-3 figures that occlude each other, and occluders")
     parser.add_argument("--force", action="store_true",
