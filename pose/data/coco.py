@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-import albumentations as A
 import cv2
 import numpy as np
 import torch
@@ -85,6 +84,16 @@ class Augmentation:
     rotation_factor: float = 45.0
     rotation_prob: float = 0.6
     photometric: bool = True
+
+
+def photometric_jitter():
+    """The colour jitter of training (albumentations), imported here: the package takes about
+    a second to import, which processes that never train with it should not pay."""
+    import albumentations as A
+
+    return A.Compose([
+        A.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3, hue=0.05, p=0.5),
+    ])
 
 
 def clip_box(box, width: int, height: int) -> Optional[tuple[float, float, float, float]]:
@@ -183,9 +192,8 @@ class TopDownCocoDataset(Dataset):
         self.det_source = str(det_file) if det_file and not train else None
         self.samples = (self._detection_samples(det_file, det_score_threshold)
                         if det_file and not train else self._gt_samples())
-        self.photometric = A.Compose([
-            A.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3, hue=0.05, p=0.5),
-        ]) if train and self.augmentation.photometric else None
+        self.photometric = (photometric_jitter()
+                            if train and self.augmentation.photometric else None)
 
     def _image_path(self, image_id: int) -> Path:
         return self.image_dir / self.coco.imgs[image_id]["file_name"]

@@ -259,11 +259,20 @@ def _backward(grad: Tensor, x: Tensor, fc1_weight: Tensor, fc1_bias: Tensor,
 _RECOMPILE_LIMIT = 64
 
 
-def _compile(fn: Callable) -> Callable:
-    options = {"dynamic": True}
-    if "recompile_limit" in inspect.signature(torch.compile).parameters:  # torch >= 2.6
-        options["recompile_limit"] = _RECOMPILE_LIMIT
-    return torch.compile(fn, **options)
+class _compile:
+    """``torch.compile(fn)``, made at the first call: making it imports inductor (about 2 s),
+    which a process whose layers all take another backend should not pay."""
+
+    def __init__(self, fn: Callable) -> None:
+        self.fn, self.compiled = fn, None
+
+    def __call__(self, *args, **kwargs):
+        if self.compiled is None:
+            options = {"dynamic": True}
+            if "recompile_limit" in inspect.signature(torch.compile).parameters:  # torch >= 2.6
+                options["recompile_limit"] = _RECOMPILE_LIMIT
+            self.compiled = torch.compile(self.fn, **options)
+        return self.compiled(*args, **kwargs)
 
 
 _compiled_forward = _compile(_forward)
