@@ -140,9 +140,9 @@ def test_non_finite_loss_stops_with_the_iteration_and_keeps_last_checkpoint(
 @pytest.mark.slow(seconds=45)
 @pytest.mark.compiled_backend  # bfloat16 runs the compiled backend
 def test_bf16_autocast_training_runs_on_cpu(synthetic_data, tmp_path):
-    # One DY-ReLU variant, at the hidden width of the layer tests (test_activations.py checks
-    # every variant under bf16 against float32): a model of the tiny config's B and C layers
-    # compiled about eight more graphs (a hidden width of 1 and more), 2 min of a cold run.
+    # One DY-ReLU variant, at the layer tests' hidden width, so that it shares their compiled
+    # graphs (test_activations.py checks every variant under bf16 against float32); the tiny
+    # config's B and C layers would add graphs of their own (a hidden width of 1 and more).
     overrides = {"train.amp": "bf16", "train.epochs": 1, "model.backbone.act": "relu",
                  "model.head.act": "{name: dyrelu_c, reduction: 2}"}
     metrics = runner.run_training(tiny_config(synthetic_data, **overrides), tmp_path / "run")

@@ -259,7 +259,7 @@ def _backward(grad: Tensor, x: Tensor, fc1_weight: Tensor, fc1_bias: Tensor,
 _RECOMPILE_LIMIT = 64
 
 
-class _compile:
+class _LazyCompiled:
     """``torch.compile(fn)``, made at the first call: making it imports inductor (about 2 s),
     which a process whose layers all take another backend should not pay."""
 
@@ -275,9 +275,9 @@ class _compile:
         return self.compiled(*args, **kwargs)
 
 
-_compiled_forward = _compile(_forward)
-_compiled_backward = _compile(_backward)
-_separately_compiled_passes = _Passes(*map(_compile, _PLAIN_PASSES))
+_compiled_forward = _LazyCompiled(_forward)
+_compiled_backward = _LazyCompiled(_backward)
+_separately_compiled_passes = _Passes(*map(_LazyCompiled, _PLAIN_PASSES))
 
 # Graphs are kept per state they are called in (dynamo guards on grad mode, autocast and the
 # dispatch state); called below autograd, without grad and with detached tensors, as inside a
