@@ -478,7 +478,6 @@ def test_the_native_kernels_build_through_cpp_extension_into_its_cache():
     assert (Path(_get_build_directory(name, verbose=False)) / f"{name}.so").is_file()
 
 
-
 # Run in a new process: the kernels' operator namespace can be registered once per process,
 # and this test's worker has usually loaded them already.
 _SCALAR_EXP_BUILD = """
