@@ -136,8 +136,9 @@ def _plain(t: Tensor) -> bool:
 
 
 class _LayerFunction(torch.autograd.Function):
-    """The forward operator's autograd: calls it below autograd and saves x plus 1/C of it (the
-    parameters are held as the module holds them)."""
+    """The forward operator's autograd: calls it below autograd and saves x, the context and
+    the softmax; the parameters, which the module holds anyway, are kept as plain references,
+    so that what autograd saves is activation memory alone."""
 
     @staticmethod
     def forward(ctx, x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, spatial_weight,
@@ -150,18 +151,18 @@ class _LayerFunction(torch.autograd.Function):
             with torch._C._AutoDispatchBelowAutograd():
                 y, context, softmax = torch.ops.pose.dyrelu_layer(*inputs)
         ctx.mark_non_differentiable(context, softmax)
-        ctx.save_for_backward(x, spatial_weight, context, softmax)
-        ctx.weights = (fc1_weight, fc1_bias, fc2_weight, fc2_bias)
+        ctx.save_for_backward(x, context, softmax)
+        ctx.weights = (fc1_weight, fc1_bias, fc2_weight, fc2_bias, spatial_weight)
         ctx.settings, ctx.backend = settings, backend
         return y, context, softmax
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_y, _grad_context, _grad_softmax):
-        x, spatial_weight, context, softmax = ctx.saved_tensors
+        x, context, softmax = ctx.saved_tensors
         needs = ctx.needs_input_grad
-        inputs = (grad_y, x, *ctx.weights, spatial_weight, context, softmax, ctx.settings,
-                  ctx.backend, needs[0])
+        inputs = (grad_y, x, *ctx.weights, context, softmax, ctx.settings, ctx.backend,
+                  needs[0])
         grads = (_layer_backward if _plain(grad_y) else
                  torch.ops.pose.dyrelu_layer_backward)(*inputs)
         # Gradients of x, fc1, fc2 and the 1x1 conv (inputs 0-6); none for the rest.
