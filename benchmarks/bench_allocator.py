@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIG = ROOT / "configs/synthetic/mobilenetv2_x0.5_128x96.yaml"
+CONFIG = ROOT / "configs/synthetic/mobilenetv2_x0.5_160x128.yaml"
 PRELOADS = {"jemalloc": "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2",
             "tcmalloc": "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4"}
 BATCH = 16

@@ -28,7 +28,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PAIRS = "relu/relu,dyrelu_b/dyrelu_b,dyrelu_c/dyrelu_c,relu/dyrelu_c,dyrelu_c/relu"
-SYNTHETIC = "configs/synthetic/mobilenetv2_x0.5_128x96.yaml"
+SYNTHETIC = "configs/synthetic/mobilenetv2_x0.5_160x128.yaml"
 
 
 def run(name: str, command: list[str], out: Path, deadline: float) -> tuple[int, str, float]:

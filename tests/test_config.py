@@ -9,7 +9,7 @@ from pose.config import ConfigError, load_config, save_config
 from conftest import ROOT, run_tool_in_process
 
 COCO_CONFIG = ROOT / "configs/coco/mobilenetv2_x0.5_256x192.yaml"
-SYNTHETIC_CONFIG = ROOT / "configs/synthetic/mobilenetv2_x0.5_128x96.yaml"
+SYNTHETIC_CONFIG = ROOT / "configs/synthetic/mobilenetv2_x0.5_160x128.yaml"
 
 
 def test_paper_config_loads_with_its_settings():
@@ -20,7 +20,7 @@ def test_paper_config_loads_with_its_settings():
 
 def test_base_file_is_inherited_and_overridden():
     cfg = load_config(SYNTHETIC_CONFIG)
-    assert cfg.data.input_size == [128, 96]  # overridden
+    assert cfg.data.input_size == [160, 128]  # overridden
     assert cfg.model.head.channels == [128, 64, 32]  # inherited
     assert cfg.train.optimizer == "adam"
 

@@ -14,7 +14,7 @@ from pose.engine.loop import NonFiniteLossError, lr_factor
 
 from conftest import ROOT
 
-SYNTHETIC_CONFIG = ROOT / "configs/synthetic/mobilenetv2_x0.5_128x96.yaml"
+SYNTHETIC_CONFIG = ROOT / "configs/synthetic/mobilenetv2_x0.5_160x128.yaml"
 
 
 def tiny_overrides(data_root, **extra):
@@ -120,6 +120,24 @@ def test_resume_of_a_finished_run_does_nothing(synthetic_data, tmp_path, monkeyp
     assert (tmp_path / "run/latest.pth").stat().st_mtime_ns == before
 
 
+def test_a_run_folder_of_another_config_is_neither_resumed_nor_called_complete(
+        synthetic_data, tmp_path, monkeypatch):
+    from pose.errors import PoseError
+
+    cfg = tiny_config(synthetic_data, **{"train.epochs": 1})
+    runner.run_training(cfg, tmp_path / "run")
+    monkeypatch.setattr(runner, "train_one_epoch", lambda *a, **k: pytest.fail("re-trained"))
+    # Where the data lie and how fast it runs may change: the run is still complete.
+    moved = tiny_config(tmp_path / "elsewhere", **{"train.epochs": 1, "data.num_workers": 1})
+    assert runner.run_training(moved, tmp_path / "run", resume=True)["epochs"] == 1
+    for key, value, shown in (("data.input_size", "[128, 96]", "[96, 64] there, [128, 96] now"),
+                              ("train.epochs", 2, "1 there, 2 now")):
+        other = tiny_config(synthetic_data, **{"train.epochs": 1, key: value})
+        with pytest.raises(PoseError, match=rf"holds a run of another config \({key}: "
+                                            + shown.replace("[", r"\[").replace("]", r"\]")):
+            runner.run_training(other, tmp_path / "run", resume=True)
+
+
 def test_non_finite_loss_stops_with_the_iteration_and_keeps_last_checkpoint(
         synthetic_data, tmp_path, monkeypatch):
     import pose.engine.loop as loop
@@ -219,10 +237,11 @@ def test_synthetic_config_learns_well_above_an_untrained_model(tmp_path):
     torch.save({"model": build_model(cfg.model).state_dict()}, untrained)
     before = runner.run_test(cfg, tmp_path / "before", checkpoint=str(untrained))["final"]
     after = runner.run_training(cfg, tmp_path / "run")["final"]
-    # Untrained: every stat 0. Trained on the main job's data (seed 0, 200 val images), the
-    # config header's run Q: AP 0.039, AP50 0.230 with seed 0. So short a run ends where AP
-    # starts to rise, hence bounds well below those.
+    # Untrained: every stat 0. Trained, the config header's runs T-V (seeds 0 and 1) gave AP
+    # 0.33-0.51 after 4 epochs and 0.61-0.74 after 6, AP75 0.16-0.91; this data's seed and
+    # this test's 60 validation images move it further. The bounds are #18's targets for
+    # the main job's ReLU/ReLU cell (mean over seeds).
     assert before["AP"] < 0.005 and before["AP50"] < 0.02
-    assert after["AP"] > before["AP"] + 0.01
-    assert after["AP50"] > before["AP50"] + 0.08
-    assert after["AR50"] > before["AR50"] + 0.15
+    assert after["AP"] >= 0.30 and after["AP75"] >= 0.20
+    assert after["AP50"] > before["AP50"] + 0.6
+    assert after["AR50"] > before["AR50"] + 0.6

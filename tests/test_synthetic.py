@@ -55,3 +55,38 @@ def test_the_single_scene_has_one_unoccluded_figure_per_image(tmp_path):
         assert 1 not in anns[0]["keypoints"][2::3]  # nothing in front of the figure
     with pytest.raises(ValueError, match="unknown scene 'busy'"):
         generate(tmp_path / "busy", train=1, val=1, scene="busy")
+
+
+def test_the_single_scene_marks_each_joint_white_on_the_left_and_black_on_the_right(tmp_path):
+    import cv2
+
+    root = generate(tmp_path / "single", train=8, val=1, seed=3, scene="single")
+    coco = COCO(str(root / "annotations/person_keypoints_train.json"))
+    left, right = [], []
+    for ann in coco.dataset["annotations"]:
+        image = cv2.imread(str(root / "train" / coco.imgs[ann["image_id"]]["file_name"]))
+        grey = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY).astype(float)
+        for j, (x, y, v) in enumerate(np.array(ann["keypoints"]).reshape(17, 3)):
+            if j >= 3 and v == 2:  # the mean of the 3x3 pixels around the joint
+                (left if j % 2 == 1 else right).append(grey[y - 1:y + 2, x - 1:x + 2].mean())
+    # A marker can be drawn over by a later one where two joints meet: most, not all.
+    assert np.mean(np.array(left) > 200) > 0.9 and np.mean(np.array(right) < 55) > 0.9
+
+
+def test_a_dataset_written_for_another_scene_definition_is_written_again(tmp_path):
+    import json
+
+    from pose.data.synthetic import ensure
+
+    root = ensure(tmp_path / "data", train=2, val=1, seed=0)
+    done = json.loads((root / "DONE").read_text())
+    assert done["scene_definition"]["markers"] is True
+    stale = {**done, "scene_definition": {**done["scene_definition"], "markers": False}}
+    (root / "DONE").write_text(json.dumps(stale))  # as written before the markers existed
+    image = root / "train" / "train_000000.jpg"
+    image.write_bytes(b"stale")
+    ensure(root, train=2, val=1, seed=0)
+    assert image.read_bytes() != b"stale" and json.loads((root / "DONE").read_text()) == done
+    image.write_bytes(b"kept")
+    ensure(root, train=2, val=1, seed=0)  # the same definition: nothing is written
+    assert image.read_bytes() == b"kept"

@@ -1,6 +1,6 @@
 """Write augmented training crops with their keypoints and skeleton drawn: what the model sees.
 
-    python tools/browse_dataset.py --config configs/synthetic/mobilenetv2_x0.5_128x96.yaml \
+    python tools/browse_dataset.py --config configs/synthetic/mobilenetv2_x0.5_160x128.yaml \
         --out work_dirs/browse --count 16 [--val]
 """
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Run the backbone x head activation grid and write Table 2 beside the paper's.
 
-    python tools/grid.py --config configs/synthetic/mobilenetv2_x0.5_128x96.yaml --out work_dirs/grid
+    python tools/grid.py --config configs/synthetic/mobilenetv2_x0.5_160x128.yaml --out work_dirs/grid
     python tools/grid.py --config configs/coco/mobilenetv2_x0.5_256x192.yaml --dry-run --seeds 3 \
         --throughput 900
     python tools/grid.py --config configs/coco/mobilenetv2_x0.5_256x192.yaml --gpus 0,1,2,3,4,5,6,7 --jobs 8

@@ -1,6 +1,6 @@
 """Train (and evaluate) a pose model from a config.
 
-    python tools/train.py --config configs/synthetic/mobilenetv2_x0.5_128x96.yaml
+    python tools/train.py --config configs/synthetic/mobilenetv2_x0.5_160x128.yaml
     torchrun --nproc_per_node=8 tools/train.py --config configs/coco/mobilenetv2_x0.5_256x192.yaml \
         --set model.backbone.act=dyrelu_c --set model.head.act=dyrelu_c --set train.amp=bf16
 """
