@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import json
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -297,3 +298,35 @@ def save_config(config: Config, path: str | Path) -> None:
     from pose.utils import atomic_write_text  # local import: utils imports nothing from here
 
     atomic_write_text(Path(path), yaml.safe_dump(config.to_dict(), sort_keys=False))
+
+
+# Keys that may change between the start of a run and its resumption: where the files are,
+# how fast it runs and how it logs. Everything else (model, data pipeline, schedule,
+# evaluation, seed) decides the run's result.
+_RUN_INDEPENDENT = {"model.num_keypoints", "data.root", "data.train_ann", "data.train_images",
+                    "data.val_ann", "data.val_images", "data.det_file", "data.num_workers",
+                    "train.checkpoint_interval", "eval.batch_size", "runtime.device",
+                    "runtime.log_interval", "runtime.channels_last", "runtime.num_threads",
+                    "runtime.keep_freed_memory"}
+
+
+def _flat(values: dict) -> dict:
+    return {f"{section}.{key}": value for section, fields in values.items() if section != "grid"
+            and isinstance(fields, dict) for key, value in fields.items()}
+
+
+def check_same_run(saved_config: Path, cfg: Config) -> None:
+    """Refuse to resume (or to call complete) a run folder that another config started: its
+    checkpoint and metrics would pass for this config's."""
+    if not saved_config.is_file():
+        return
+    before = _flat(yaml.safe_load(saved_config.read_text()) or {})
+    now = _flat(json.loads(json.dumps(cfg.to_dict())))  # tuples as YAML reads them: lists
+    changed = [f"{key}: {before.get(key)!r} there, {now.get(key)!r} now"
+               for key in sorted(set(before) | set(now))
+               if key not in _RUN_INDEPENDENT and before.get(key) != now.get(key)]
+    if changed:
+        raise ConfigError(f"{saved_config.parent} holds a run of another config ("
+                          + "; ".join(changed[:5]) + (" ..." if len(changed) > 5 else "")
+                          + "): resuming it would mix the two. Use another work dir (or grid "
+                          "--out), or remove that folder to start again")

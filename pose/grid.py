@@ -24,7 +24,7 @@ from typing import Any, Optional, Sequence
 
 import yaml
 
-from pose.config import Config, ConfigError, load_config
+from pose.config import Config, ConfigError, check_same_run, load_config
 from pose.activation_spec import parse_activation, resolved_activation
 from pose.report import write_tables
 
@@ -260,7 +260,7 @@ def run_grid(config: str | Path, acts: Optional[Sequence[Any]], out: str | Path,
     log = GridLog(out / "grid_log.jsonl")
     todo = []
     for cell in cells:
-        if cell.is_complete(cfg.train.epochs):
+        if cell.is_complete(cfg.train.epochs) and _same_run(config, cell):
             log("skipped", cell, reason="complete")
         else:
             todo.append(cell)
@@ -274,6 +274,17 @@ def run_grid(config: str | Path, acts: Optional[Sequence[Any]], out: str | Path,
                                           slurm_partition)
             status.update(run_submitit(config, todo, executor, gpus_per_cell, log))
     return write_tables(cfg, acts, cells, status, out, reference)
+
+
+def _same_run(config: str | Path, cell: Cell) -> bool:
+    """Whether the cell's folder was written by this config: a folder of another config is
+    run again, and its train.py --resume refuses it with the keys that differ, in the cell's
+    log."""
+    try:
+        check_same_run(cell.folder / "config.yaml", load_config(config, cell.overrides))
+    except ConfigError:
+        return False
+    return True
 
 
 def check_reference(acts: Sequence[Any], reference: Optional[Sequence[Any]]) -> tuple:

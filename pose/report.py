@@ -74,7 +74,9 @@ def collect(cfg: Config, cells, status: dict[str, str]) -> list[dict]:
                 cost_cache[key] = complexity(build_model(model_cfg), (1, 3, height, width))
             except Exception:  # the cell's own log says why its model cannot be built
                 cost_cache[key] = {"params": None, "madds": None}
-        complete = cell.is_complete(cfg.train.epochs, metrics)
+        # A run that failed now is failed, whatever metrics.json an earlier config left there.
+        complete = (cell.is_complete(cfg.train.epochs, metrics)
+                    and status.get(cell.name) != "failed")
         rows.append({
             "backbone": cell.backbone, "head": cell.head, "seed": cell.seed,
             "folder": str(cell.folder),

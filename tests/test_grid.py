@@ -172,6 +172,18 @@ def test_a_failing_cell_is_reported_and_the_others_finish(synthetic_data, tmp_pa
     assert "failed" in (tmp_path / "grid/table2.md").read_text()
 
 
+def test_a_finished_cell_of_another_config_is_not_taken_as_this_ones(synthetic_data, tmp_path):
+    out, overrides = tmp_path / "grid", grid_overrides(synthetic_data)
+    run_grid(SYNTHETIC_CONFIG, ["relu"], out, overrides)
+    # The same cell folder, the same number of epochs, another input size.
+    table = run_grid(SYNTHETIC_CONFIG, ["relu"], out, overrides + ["data.input_size=[128, 96]"])
+    cell = table["cells"][0]
+    assert cell["status"] == "failed"
+    assert "holds a run of another config (data.input_size: [96, 64] there, [128, 96] now)" \
+        in open(cell["log"]).read()
+    assert [e["event"] for e in events(out)].count("skipped") == 0
+
+
 def test_cells_go_through_a_submitit_executor(synthetic_data, tmp_path):
     import submitit
 

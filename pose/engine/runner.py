@@ -22,7 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
 from pose.complexity import count_parameters
-from pose.config import Config, save_config
+from pose.config import Config, check_same_run, save_config
 from pose.data.build import build_dataset
 from pose.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from pose.engine.distributed import (DistInfo, barrier, broadcast_buffers, cleanup,
@@ -117,40 +117,6 @@ def run_training(cfg: Config, work_dir: str | Path, resume: bool = False) -> Opt
         return _train(cfg, work_dir, resume, device, info)
     finally:
         cleanup()
-
-
-# Keys that may change between the start of a run and its resumption: where the files are,
-# how fast it runs and how it logs. Everything else (model, data pipeline, schedule,
-# evaluation, seed) decides the run's result.
-_RUN_INDEPENDENT = {"model.num_keypoints", "data.root", "data.train_ann", "data.train_images",
-                    "data.val_ann", "data.val_images", "data.det_file", "data.num_workers",
-                    "train.checkpoint_interval", "eval.batch_size", "runtime.device",
-                    "runtime.log_interval", "runtime.channels_last", "runtime.num_threads",
-                    "runtime.keep_freed_memory"}
-
-
-def _flat(values: dict) -> dict:
-    return {f"{section}.{key}": value for section, fields in values.items() if section != "grid"
-            and isinstance(fields, dict) for key, value in fields.items()}
-
-
-def check_same_run(saved_config: Path, cfg: Config) -> None:
-    """Refuse to resume (or to call complete) a run folder that another config started: its
-    checkpoint and metrics would pass for this config's."""
-    if not saved_config.is_file():
-        return
-    import yaml
-
-    before = _flat(yaml.safe_load(saved_config.read_text()) or {})
-    now = _flat(json.loads(json.dumps(cfg.to_dict())))  # tuples as YAML reads them: lists
-    changed = [f"{key}: {before.get(key)!r} there, {now.get(key)!r} now"
-               for key in sorted(set(before) | set(now))
-               if key not in _RUN_INDEPENDENT and before.get(key) != now.get(key)]
-    if changed:
-        raise PoseError(f"{saved_config.parent} holds a run of another config ("
-                        + "; ".join(changed[:5]) + (" ..." if len(changed) > 5 else "")
-                        + "): resuming it would mix the two. Use another work dir (or grid "
-                        "--out), or remove that folder to start again")
 
 
 def _train(cfg: Config, work_dir: Path, resume: bool, device: torch.device,
