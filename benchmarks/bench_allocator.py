@@ -46,10 +46,11 @@ def train_run(data: Path, work: Path, steps: int, threads: int, env: dict[str, s
     """(wall seconds, img/s of training, peak RSS in MiB, page faults in thousands) of one
     tools/train.py run."""
     epochs = 2
-    # 96x64 crops, the synthetic config's size when docs/performance.md's figures were taken.
+    # 96x64 crops and batch 16, the synthetic config's when docs/performance.md's figures
+    # were taken.
     command = [sys.executable, str(ROOT / "tools/train.py"), "--config", str(CONFIG),
                "--work-dir", str(work), "--set", f"data.root={data}",
-               "--set", "data.input_size=[96,64]",
+               "--set", "data.input_size=[96,64]", "--set", f"train.batch_size={BATCH}",
                "--set", f"train.epochs={epochs}", "--set", "train.milestones=[1]",
                "--set", f"train.max_iters_per_epoch={steps // epochs}",
                "--set", f"eval.interval={epochs}", "--set", f"runtime.num_threads={threads}"]
