@@ -90,7 +90,8 @@ class TrainConfig:
     momentum: float = 0.9  # sgd only
     warmup_iters: int = 500
     warmup_ratio: float = 0.001
-    milestones: list[int] = field(default_factory=lambda: [170, 200])
+    schedule: str = "step"  # step: times gamma at each milestone | cosine: to 0 at the end
+    milestones: list[int] = field(default_factory=lambda: [170, 200])  # epochs; step only
     gamma: float = 0.1
     amp: str = "none"  # none | fp16 | bf16 (CUDA only)
     sync_bn: bool = False
@@ -145,6 +146,7 @@ class Config:
 CHOICES = {
     "model.type": ("pose", "classifier"),
     "train.optimizer": ("adam", "adamw", "sgd"),
+    "train.schedule": ("step", "cosine"),
     "train.amp": ("none", "fp16", "bf16"),
     "data.target_encoding": ("reference", "unbiased"),
     "data.crop_geometry": ("reference", "centred"),

@@ -45,6 +45,21 @@ def test_lr_schedule_warms_up_then_decays_at_milestones():
     assert lr_factor(300, 100, cfg.train) == 0.25
 
 
+def test_cosine_schedule_follows_torch_cosine_annealing_after_the_warm_up():
+    cfg = load_config(SYNTHETIC_CONFIG, ["train.schedule=cosine", "train.epochs=4",
+                                         "train.warmup_iters=20", "train.warmup_ratio=0.1"])
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    reference = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=400, eta_min=0.0)
+    for iteration in range(400):
+        expected = optimizer.param_groups[0]["lr"]
+        if iteration < 20:  # the same linear warm-up as the step schedule
+            expected *= 0.1 + 0.9 * iteration / 20
+        assert lr_factor(iteration, 100, cfg.train) == pytest.approx(expected, abs=1e-12)
+        optimizer.step()
+        reference.step()
+    assert lr_factor(400, 100, cfg.train) == pytest.approx(0.0, abs=1e-12)
+
+
 def test_hyper_function_parameters_get_their_own_learning_rate():
     from pose.engine.loop import build_optimizer, build_scheduler
     from pose.models import DyReLU, build_model

@@ -1,6 +1,7 @@
 """One training epoch, with the optimizer, schedule and loss it uses."""
 from __future__ import annotations
 
+import math
 import sys
 import time
 from typing import Callable, Optional
@@ -45,10 +46,17 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
 
 
 def lr_factor(iteration: int, iters_per_epoch: int, cfg: TrainConfig) -> float:
-    """Linear warm-up from warmup_ratio over warmup_iters, times gamma per milestone passed."""
+    """Linear warm-up from warmup_ratio over warmup_iters, times the schedule's decay.
+
+    step: gamma per milestone (an epoch) passed, as the reference code bases; cosine: half a
+    cosine from 1 at iteration 0 to 0 at the end of the last epoch.
+    """
     warm = 1.0
     if iteration < cfg.warmup_iters:
         warm = cfg.warmup_ratio + (1 - cfg.warmup_ratio) * iteration / cfg.warmup_iters
+    if cfg.schedule == "cosine":
+        progress = min(iteration / max(cfg.epochs * iters_per_epoch, 1), 1.0)
+        return warm * 0.5 * (1 + math.cos(math.pi * progress))
     epoch = iteration // max(iters_per_epoch, 1)
     return warm * cfg.gamma ** sum(epoch >= m for m in cfg.milestones)
 
