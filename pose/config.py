@@ -324,6 +324,10 @@ def check_same_run(saved_config: Path, cfg: Config) -> None:
         return
     before = _flat(yaml.safe_load(saved_config.read_text()) or {})
     now = _flat(json.loads(json.dumps(cfg.to_dict())))  # tuples as YAML reads them: lists
+    # A key the saved config lacks came after the run started; its default is what the code
+    # did before the key existed, so only another value makes it another run.
+    defaults = _flat(json.loads(json.dumps(Config().to_dict())))
+    before.update({key: defaults[key] for key in now.keys() - before.keys() if key in defaults})
     changed = [f"{key}: {before.get(key)!r} there, {now.get(key)!r} now"
                for key in sorted(set(before) | set(now))
                if key not in _RUN_INDEPENDENT and before.get(key) != now.get(key)]

@@ -7,7 +7,7 @@ import io
 import json
 import math
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
@@ -145,6 +145,78 @@ def aggregate(runs: list[dict], reference: Sequence[Any]) -> list[dict]:
     return rows
 
 
+def seed_noise(rows: list[dict], level: float = 0.95,
+               half_widths: Sequence[float] = (2.0, 1.0)) -> Optional[dict]:
+    """How much the seed moves a run's AP (x 100), pooled over the cells, and what that lets
+    a paired difference resolve.
+
+    ``pooled_std``: the cells' seed variances pooled by their degrees of freedom (every
+    finished run counts). ``residual_std``: sigma of the additive model AP = cell + seed +
+    noise over the seeds that every cell with a finished run finished (a randomised block
+    design, (cells - 1)(seeds - 1) degrees of freedom), i.e. the spread left once what a
+    seed does to every cell alike is removed, which is what a paired difference sees: its
+    mean over n seeds has standard error sigma sqrt(2 / n). ``seeds_for_half_width`` gives,
+    for each target half-width of that difference's interval, the least n that reaches it
+    at this sigma. None when no cell has two finished seeds.
+    """
+    from scipy import stats
+
+    runs = [{r["seed"]: 100 * r["stats"]["AP"] for r in row["runs"] if r["stats"]}
+            for row in rows]
+    spread = [np.asarray(list(aps.values())) for aps in runs if len(aps) > 1]
+    if not spread:
+        return None
+    pooled_df = sum(len(a) - 1 for a in spread)
+    pooled = math.sqrt(sum(((a - a.mean()) ** 2).sum() for a in spread) / pooled_df)
+    cell_stds = [float(a.std(ddof=1)) for a in spread]
+    noise = {"pooled_std": pooled, "pooled_df": pooled_df, "cells_with_spread": len(spread),
+             "cell_std_min": min(cell_stds), "cell_std_max": max(cell_stds),
+             "level": level, "residual_std": None}
+    finished = [aps for aps in runs if aps]
+    common = sorted(set.intersection(*(set(aps) for aps in finished)))
+    if len(finished) < 2 or len(common) < 2:
+        return noise
+    ap = np.array([[aps[s] for s in common] for aps in finished])
+    cells, seeds = ap.shape
+    residual = ap - ap.mean(1, keepdims=True) - ap.mean(0, keepdims=True) + ap.mean()
+    df = (cells - 1) * (seeds - 1)
+    sigma = math.sqrt((residual ** 2).sum() / df)
+
+    def half_width(n: int) -> float:
+        return float(stats.t.ppf(0.5 + level / 2, (cells - 1) * (n - 1))
+                     * sigma * math.sqrt(2 / n))
+
+    needed = {}
+    for target in half_widths:
+        n = 2
+        while half_width(n) > target and n < 10_000:
+            n += 1
+        needed[f"{target:g}"] = n if half_width(n) <= target else None
+    noise.update(residual_std=sigma, residual_df=df, cells=cells, seeds=seeds,
+                 paired_se=sigma * math.sqrt(2 / seeds), paired_half_width=half_width(seeds),
+                 seeds_for_half_width=needed)
+    return noise
+
+
+def _noise_text(noise: Optional[dict]) -> list[str]:
+    if noise is None:
+        return []
+    text = (f"Seed noise (AP x 100): the seed std pooled over {noise['cells_with_spread']} "
+            f"cells is {noise['pooled_std']:.1f} ({noise['pooled_df']} degrees of freedom; "
+            f"per cell {noise['cell_std_min']:.1f}-{noise['cell_std_max']:.1f}).")
+    if noise["residual_std"] is not None:
+        n = noise["seeds"]
+        needed = " and ".join(f"± {h} takes " + (f"--seeds {k}" if k else "over 10000 seeds")
+                              for h, k in noise["seeds_for_half_width"].items())
+        text += (f" Removing what a seed does to every cell alike (a cell + seed model over "
+                 f"the {n} seeds all {noise['cells']} cells finished, {noise['residual_df']} "
+                 f"degrees of freedom) leaves sigma = {noise['residual_std']:.1f} per run. A "
+                 f"paired difference of {n}-seed means then has standard error "
+                 f"{noise['paired_se']:.1f}, and a {100 * noise['level']:.0f}% interval of "
+                 f"± {noise['paired_half_width']:.1f} with this sigma. At this sigma, {needed}.")
+    return ["", text]
+
+
 def _ap_text(row: dict, with_paper: bool) -> str:
     if row["stats"] is None:
         return row["status"]
@@ -197,6 +269,7 @@ def markdown(cfg: Config, acts: Sequence[Any], rows: list[dict],
     for act, row in zip(acts, grid):
         lines.append(f"| {pretty_label(act)} | " + " | ".join(
             _difference_text(r, reference) for r in row) + " |")
+    lines += _noise_text(seed_noise(rows))
     lines += ["", "Params (M) / MAdds (M) / training time (s):", "",
               "| backbone \\ head | " + " | ".join(heads) + " |", "|---" * (n + 1) + "|"]
     for act, row in zip(acts, grid):
@@ -305,7 +378,8 @@ def write_tables(cfg: Config, acts: Sequence[Any], cells, status: dict[str, str]
     """table2.json (every seed's 10 stats under each cell's ``runs``), .csv, .md and .png."""
     rows = aggregate(collect(cfg, cells, status), reference)
     table = {"setting": setting_line(cfg), "paper_setting": is_paper_setting(cfg),
-             "acts": list(acts), "reference": list(reference), "cells": rows}
+             "acts": list(acts), "reference": list(reference), "noise": seed_noise(rows),
+             "cells": rows}
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "table2.json", table)
     atomic_write_text(out / "table2.csv", csv_text(rows))

@@ -6,6 +6,7 @@ import sys
 
 import pytest
 import torch
+import yaml
 
 from pose.config import load_config
 from pose.engine import runner
@@ -151,6 +152,14 @@ def test_a_run_folder_of_another_config_is_neither_resumed_nor_called_complete(
         with pytest.raises(PoseError, match=rf"holds a run of another config \({key}: "
                                             + shown.replace("[", r"\[").replace("]", r"\]")):
             runner.run_training(other, tmp_path / "run", resume=True)
+    # A run saved before a key existed is the same run while the key holds its default.
+    saved = yaml.safe_load((tmp_path / "run/config.yaml").read_text())
+    del saved["train"]["schedule"]
+    (tmp_path / "run/config.yaml").write_text(yaml.safe_dump(saved))
+    assert runner.run_training(cfg, tmp_path / "run", resume=True)["epochs"] == 1
+    cosine = tiny_config(synthetic_data, **{"train.epochs": 1, "train.schedule": "cosine"})
+    with pytest.raises(PoseError, match=r"train.schedule: 'step' there, 'cosine' now"):
+        runner.run_training(cosine, tmp_path / "run", resume=True)
 
 
 def test_non_finite_loss_stops_with_the_iteration_and_keeps_last_checkpoint(

@@ -1,11 +1,13 @@
 import csv
 import json
+import math
 import os
 import signal
 import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import yaml
 
@@ -106,8 +108,9 @@ def test_interrupted_grid_with_seeds_reruns_no_finished_run_and_writes_all_table
     assert rows[1]["dAP_low"] and rows[0]["dAP"] == "0.00"
     markdown = (out / "table2.md").read_text()
     for label in ("| Maxout |", "| DY-ReLU-C (spatial=residual) |", " ± ", "(n=2)",
-                  "Paired differences to Maxout / Maxout", "reference"):
+                  "Paired differences to Maxout / Maxout", "reference", "Seed noise"):
         assert label in markdown
+    assert table["noise"]["pooled_df"] == 4 and table["noise"]["residual_df"] == 3
     assert "synthetic" in markdown
     assert (out / "table2.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -146,6 +149,47 @@ def test_paired_differences_and_their_intervals():
     assert cell["difference"]["low"] == pytest.approx(3.0)  # no spread: a zero-width interval
     assert _difference_text(reference, ("relu", "relu")) == "reference"
     assert _difference_text(cell, ("relu", "relu")) == "+3.0 [+3.0, +3.0] *"
+
+
+def test_seed_noise_matches_least_squares_fits_of_the_cell_and_seed_models():
+    from scipy import stats
+
+    from pose.report import _noise_text, seed_noise
+
+    rng = np.random.default_rng(0)
+    ap = 70 + rng.normal(0, 3, (4, 3)) + np.array([0.0, 2.0, -1.0])  # 4 cells x 3 seeds
+    rows = [{"runs": [{"seed": s, "stats": {"AP": ap[c, s] / 100}} for s in range(3)]}
+            for c in range(4)]
+    rows[3]["runs"][2]["stats"] = None  # a failed run: seed 2 is not common to every cell
+    rows.append({"runs": [{"seed": 0, "stats": None}]})  # a cell with nothing finished
+    noise = seed_noise(rows)
+
+    def residual_std(values, columns):
+        design = np.stack(columns, axis=1).astype(float)
+        fit = np.linalg.lstsq(design, values, rcond=None)[0]
+        return math.sqrt(((values - design @ fit) ** 2).sum()
+                         / (len(values) - np.linalg.matrix_rank(design)))
+
+    # pooled: every finished run, one mean per cell (11 runs, 4 cells: 7 dof)
+    cell_of = [c for c in range(4) for s in range(3) if (c, s) != (3, 2)]
+    values = np.array([ap[c, s] for c in range(4) for s in range(3) if (c, s) != (3, 2)])
+    pooled = residual_std(values, [np.equal(cell_of, c) for c in range(4)])
+    assert noise["pooled_std"] == pytest.approx(pooled) and noise["pooled_df"] == 7
+    # blocks: seeds 0 and 1 in all 4 cells, a mean per cell plus a shift per seed (3 dof)
+    cell_of, seed_of = np.repeat(np.arange(4), 2), np.tile(np.arange(2), 4)
+    sigma = residual_std(ap[:, :2].reshape(-1),
+                         [np.equal(cell_of, c) for c in range(4)] + [np.equal(seed_of, 1)])
+    assert noise["residual_std"] == pytest.approx(sigma) and noise["residual_df"] == 3
+    assert noise["paired_se"] == pytest.approx(sigma)  # sqrt(2 / 2)
+
+    def half_width(n):
+        return stats.t.ppf(0.975, 3 * (n - 1)) * sigma * math.sqrt(2 / n)
+
+    assert noise["paired_half_width"] == pytest.approx(half_width(2))
+    for target, n in noise["seeds_for_half_width"].items():
+        assert half_width(n) <= float(target) and (n == 2 or float(target) < half_width(n - 1))
+    assert "--seeds" in _noise_text(noise)[1]
+    assert seed_noise([{"runs": [{"seed": 0, "stats": {"AP": 0.5}}]}] * 3) is None
 
 
 def test_the_synthetic_config_grids_its_own_activations():
