@@ -277,8 +277,8 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description="Write a synthetic COCO-format keypoint dataset")
     parser.add_argument("--out", required=True)
     parser.add_argument("--train", type=int, default=800)
-    # 1000, not fewer: at 200 the validation sample alone moved AP by 1.3-1.9 (sd) between two
-    # models (a seed's std of about 1 AP), as large as the differences the grid looks for.
+    # 1000, not fewer: at 200 the validation sample alone moved the AP difference of two
+    # 5-epoch seeds by 1.3-1.9 (sd), about 1 AP of a seed's std; it shrinks as models agree.
     parser.add_argument("--val", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--scene", choices=sorted(SCENES), default=DEFAULT_SCENE,
