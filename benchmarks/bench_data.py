@@ -21,7 +21,7 @@ from pose.data.heatmap import HeatmapCodec
 
 from bench_train_step import measure  # this folder: the same train step, timed the same way
 
-SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "coco_sample"
+SAMPLE = Path(__file__).resolve().parents[1] / "tests" / "data" / "coco_sample"
 
 
 def dataset_for(size, augment: bool) -> tuple[TopDownCocoDataset, str]:

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-COCO_SAMPLE = ROOT.parent / "shared" / "data" / "coco_sample"
+# Four real COCO val2017 images with their keypoints and detector boxes (tests/data/coco_sample/README.md).
+COCO_SAMPLE = ROOT / "tests" / "data" / "coco_sample"
 
 
 def pytest_configure(config):
@@ -49,8 +50,6 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture
 def coco_sample() -> Path:
-    if not (COCO_SAMPLE / "person_keypoints_sample.json").is_file():
-        pytest.skip("../shared/data/coco_sample is not present")
     return COCO_SAMPLE
 
 
