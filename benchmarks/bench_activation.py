@@ -29,11 +29,17 @@ Times are medians of interleaved steps (benchmarks/measurements.py); each step r
 copy of the input and gradient, so no step finds another's data in cache.
 
     python benchmarks/bench_activation.py [--threads 2] [--device cpu|cuda] [--amp bf16]
-        [--against 8a0c83b]
+        [--shapes 2,8,16,12 ...] [--no-compile] [--json rows.json] [--against 8a0c83b]
+
+``--no-compile`` leaves out what needs torch.compile on the CPU (the compiled-backend column
+and the one-pass timing), for a quick run; ``--json FILE`` also writes the main rows as JSON
+(what benchmarks/gpu_check.py reads).
 """
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -85,14 +91,14 @@ def floor_step(relu_step, x: torch.Tensor, grad: torch.Tensor, variant: str):
     return step
 
 
-def print_fixed_cost_after_a_flush(steps, repeats: int) -> None:
+def print_fixed_cost_after_a_flush(steps, shape, repeats: int) -> None:
     """The last (tiny) shape's ReLU and DY-ReLU steps again, each after a cache flush."""
     flushed = torch.zeros(2 * 2**25 // 4)  # 64 MB of float32
     names = ["relu", *(f"dyrelu_{key}" for key in VARIANTS)]
     names += [f"old_{key}" for key in VARIANTS if f"old_{key}" in steps]
     seconds = interleaved_medians({name: steps[name] for name in names}, repeats,
                                   before=lambda: flushed.add_(1.0))
-    print(f"{str(SHAPES[-1]):>20} after a cache flush: " + ", ".join(
+    print(f"{str(shape):>20} after a cache flush: " + ", ".join(
         f"{name} {seconds[name] * 1e3:.3f} ms ({seconds[name] / seconds['relu']:.2f}x)"
         for name in names))
 
@@ -116,6 +122,12 @@ def main() -> None:
                              "e.g. 8a0c83b: column ours/old")
     parser.add_argument("--system-malloc", action="store_true",
                         help="leave glibc's default of returning freed memory (pose/allocator.py)")
+    parser.add_argument("--shapes", nargs="+", metavar="N,C,H,W",
+                        type=lambda text: tuple(int(v) for v in text.split(",")),
+                        default=SHAPES, help="input shapes (default: pose-typical ones)")
+    parser.add_argument("--no-compile", action="store_true",
+                        help="leave out the rows that need torch.compile on the CPU")
+    parser.add_argument("--json", metavar="FILE", help="also write the main rows to this file")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     steady = not args.system_malloc and keep_freed_memory()
@@ -127,7 +139,8 @@ def main() -> None:
     print(f"{'shape (N,C,H,W)':>20} {'layer':>10} {'ms':>8} {'x ReLU':>7} "
           f"{'saved MB':>9} {'x ReLU':>7} {'naive/ours':>10} {'ours/floor':>10} "
           f"{'compiled/ours':>13} {'ours/old':>8}")
-    for shape in SHAPES:
+    rows = []
+    for shape in args.shapes:
         torch.manual_seed(0)
         x = torch.randn(shape, device=device, requires_grad=True)
         channels = shape[1]
@@ -136,7 +149,7 @@ def main() -> None:
             layers[f"dyrelu_{key}"] = DyReLU(channels, **options)
             # The reference backend: autograd through the formula, (N, C, H, W, K) kept.
             layers[f"naive_{key}"] = sharing_weights(layers[f"dyrelu_{key}"], "reference")
-            if device.type == "cpu":
+            if device.type == "cpu" and not args.no_compile:
                 layers[f"compiled_{key}"] = sharing_weights(layers[f"dyrelu_{key}"], "compiled")
             if legacy is not None:
                 layers[f"old_{key}"] = swap_dyrelu(nn.Sequential(layers[f"dyrelu_{key}"]),
@@ -173,17 +186,24 @@ def main() -> None:
             print(f"{str(shape):>20} {name:>10} {elapsed * 1e3:8.2f} {elapsed / base_time:6.2f}x "
                   f"{nbytes / 2**20:9.1f} {nbytes / base_bytes:6.2f}x {naive:>10} {floor:>10} "
                   f"{compiled:>13} {old:>8}")
+            rows.append({"shape": list(shape), "layer": name, "ms": elapsed * 1e3,
+                         "time_ratio": elapsed / base_time, "saved_bytes": nbytes,
+                         "saved_ratio": nbytes / base_bytes})
         extra = [name for name in seconds if name.startswith(("compiled", "old"))]
         for name in (*extra, "floor_ab", "floor_c"):
             print(f"{str(shape):>20} {name:>10} {seconds[name] * 1e3:8.2f} "
                   f"{seconds[name] / base_time:6.2f}x", flush=True)
 
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
     if device.type == "cpu":
-        print_fixed_cost_after_a_flush(steps, args.repeats)  # the last, tiny shape's steps
-    shape = SHAPES[1]
-    one_pass = one_pass_times(shape, device, args.repeats)
-    print(f"one pass y = 2x at {shape}: ATen {one_pass['aten'] * 1e3:.3f} ms, torch.compile "
-          f"{one_pass['compiled'] * 1e3:.3f} ms ({one_pass['compiled'] / one_pass['aten']:.2f}x)")
+        print_fixed_cost_after_a_flush(steps, shape, args.repeats)  # the last shape's steps
+    if not (args.no_compile and device.type == "cpu"):
+        shape = args.shapes[min(1, len(args.shapes) - 1)]
+        one_pass = one_pass_times(shape, device, args.repeats)
+        print(f"one pass y = 2x at {shape}: ATen {one_pass['aten'] * 1e3:.3f} ms, torch.compile "
+              f"{one_pass['compiled'] * 1e3:.3f} ms "
+              f"({one_pass['compiled'] / one_pass['aten']:.2f}x)")
 
 
 if __name__ == "__main__":

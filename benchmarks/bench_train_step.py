@@ -7,13 +7,14 @@ autograd saves for backward (the activation memory a step holds at its peak).
 
     python benchmarks/bench_train_step.py [--device cpu|cuda] [--batch 16] [--size 256 192]
         [--amp bf16] [--channels-last] [--compile] [--pairs relu/relu,dyrelu_c/dyrelu_c]
-        [--against 8a0c83b]
+        [--json rows.json]
 
 ``--compile`` adds, for each pairing, the same model wrapped in ``torch.compile`` (rows
 marked "compiled"), measured in the same run. Inductor keeps its DY-ReLU layers as the
 registered operators pose::dyrelu_layer and its backward (pose/models/dyrelu/ops.py).
 ``--against REV`` adds, for each pairing with a DY-ReLU, the same model with that earlier
-revision's layer (rows marked "REV", benchmarks/legacy.py).
+revision's layer (rows marked "REV", benchmarks/legacy.py). ``--json FILE`` also writes the
+rows as JSON (what benchmarks/gpu_check.py reads).
 
 ``--tool-steps N`` (CPU) adds a last row: ReLU/ReLU trained for N steps through
 ``tools/train.py`` itself on synthetic data (batch 16 at 96x64, data loading, logging and the
@@ -24,6 +25,8 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
+from pathlib import Path
 
 import torch
 
@@ -110,6 +113,7 @@ def main() -> None:
                         help="also run each DY-ReLU pairing with an earlier revision's layer")
     parser.add_argument("--system-malloc", action="store_true",
                         help="leave glibc's default of returning freed memory (pose/allocator.py)")
+    parser.add_argument("--json", metavar="FILE", help="also write the rows to this JSON file")
     parser.add_argument("--pairs", default=None,
                         help="backbone/head pairs to run (default: all 16, then prelu/prelu); "
                              "the first is the baseline of the ratios")
@@ -129,10 +133,17 @@ def main() -> None:
     print(f"{'backbone':>9} {'head':>9} {'img/s':>8} {'time x 1st':>10} {kind:>9} {'x 1st':>6}")
     results = measure(runs, args, device)
     base = results[runs[0]]
+    rows = []
     for (backbone, head, compiled, revision), (speed, memory) in results.items():
         marks = ("  compiled" if compiled else "") + (f"  {revision}" if revision else "")
         print(f"{backbone:>9} {head:>9} {speed:8.1f} {base[0] / speed:9.2f}x "
               f"{memory / 2**20:9.1f} {memory / base[1]:5.2f}x{marks}", flush=True)
+        rows.append({"backbone": backbone, "head": head, "compiled": compiled,
+                     "revision": revision, "images_per_s": speed, "time_ratio": base[0] / speed,
+                     "memory_bytes": memory, "memory_ratio": memory / base[1],
+                     "memory_kind": kind})
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
     if args.tool_steps:
         compare_with_the_tool(args, device)
 
@@ -140,7 +151,6 @@ def main() -> None:
 def compare_with_the_tool(args, device) -> None:
     """ReLU/ReLU at the synthetic config's size: this script's step against tools/train.py."""
     import tempfile
-    from pathlib import Path
 
     from bench_allocator import BATCH, train_run  # this folder
     from pose.data.synthetic import generate
