@@ -15,6 +15,7 @@ can drift from the others.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
@@ -23,17 +24,27 @@ import torch
 from torch import nn
 
 from pose.config import Config, load_config
-from pose.data.build import make_codec
-from pose.data.coco import CropSettings, normalize
+from pose.data.build import crop_settings, make_codec
+from pose.data.coco import normalize
 from pose.data.keypoints import COCO_KEYPOINTS, KeypointSet
 from pose.data.transforms import invert_affine
-from pose.engine.checkpoint import load_checkpoint, model_weights
-from pose.engine.inference import HeatmapFn, model_heatmaps, predict
+from pose.checkpoint import load_checkpoint, model_weights
+from pose.inference import HeatmapFn, model_heatmaps, predict
 from pose.errors import PoseError
 from pose.evaluation.coco_eval import make_results
 
 AMP_DTYPES = {"none": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 Boxes = Sequence[tuple[Sequence[float], float]]  # ((x, y, w, h), score) per person
+
+
+def resolve_device(cfg: Config) -> torch.device:
+    """The config's device (``runtime.device``); under torchrun, this process's GPU."""
+    wanted = cfg.runtime.device
+    if wanted == "cuda" and not torch.cuda.is_available():
+        raise PoseError("runtime.device is 'cuda' but no CUDA device is available")
+    if wanted == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
 
 
 def checkpoint_keypoint_set(state: dict, cfg: Config) -> KeypointSet:
@@ -95,7 +106,7 @@ class PoseEstimator:
     """Person crops -> COCO keypoint results, with every setting from the config.
 
     Args:
-        heatmap_fn: batch -> heatmaps (``pose.engine.inference``: a model with flip test, or
+        heatmap_fn: batch -> heatmaps (``pose.inference``: a model with flip test, or
             the encoded targets for the oracle).
         cfg: the config (its ``data`` crop settings, ``eval`` decoding and result settings).
         keypoint_set: the keypoints the heatmaps stand for.
@@ -103,11 +114,9 @@ class PoseEstimator:
 
     def __init__(self, heatmap_fn: HeatmapFn, cfg: Config,
                  keypoint_set: KeypointSet = COCO_KEYPOINTS) -> None:
-        d = cfg.data
         self.heatmap_fn, self.cfg, self.keypoint_set = heatmap_fn, cfg, keypoint_set
         self.codec = make_codec(cfg)
-        self.crops = CropSettings(tuple(d.input_size), d.padding, d.crop_geometry,
-                                  d.clip_detection_boxes)
+        self.crops = crop_settings(cfg)
 
     @classmethod
     def from_model(cls, model: nn.Module, cfg: Config, device: torch.device,
@@ -125,8 +134,6 @@ class PoseEstimator:
                         flip_test: Optional[bool] = None) -> "PoseEstimator":
         """A config (object or YAML path) and a checkpoint of ``tools/train.py``; the device
         is the config's (``runtime.device``) unless given."""
-        from pose.engine.runner import resolve_device
-
         cfg = config if isinstance(config, Config) else load_config(config)
         device = resolve_device(cfg) if device is None else torch.device(device)
         state = load_checkpoint(checkpoint)

@@ -8,7 +8,7 @@ from pose.data.coco import TopDownCocoDataset, load_coco
 from pose.data.heatmap import HeatmapCodec
 from pose.data.keypoints import COCO_KEYPOINTS, flip_permutation
 from pose.data.transforms import apply_affine
-from pose.engine.inference import predict, target_heatmaps
+from pose.inference import predict, target_heatmaps
 from pose.errors import DataError
 from pose.evaluation.coco_eval import evaluate_results, make_results
 

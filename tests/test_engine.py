@@ -10,7 +10,7 @@ import yaml
 
 from pose.config import load_config
 from pose.engine import runner
-from pose.engine.checkpoint import load_checkpoint
+from pose.checkpoint import load_checkpoint
 from pose.engine.loop import NonFiniteLossError, lr_factor
 
 from conftest import ROOT

@@ -18,7 +18,7 @@ from pose.config import load_config
 from pose.data.coco import TopDownCocoDataset, load_keypoint_file
 from pose.data.heatmap import HeatmapCodec
 from pose.engine import runner
-from pose.engine.checkpoint import load_checkpoint
+from pose.checkpoint import load_checkpoint
 from pose.errors import DataError, DataWarning
 
 from conftest import run_tool_in_process as run_tool

@@ -19,7 +19,7 @@ from pose.demo import (DetectionFile, TorchvisionPersonDetector, annotate_video,
                        write_picture)
 from pose.data.coco import read_rgb
 from pose.errors import DataError, PoseError
-from pose.engine.runner import resolve_device
+from pose.estimator import resolve_device
 from pose.estimator import PoseEstimator
 from pose.utils import atomic_write_json
 

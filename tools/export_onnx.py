@@ -29,7 +29,7 @@ def main(argv=None) -> int:
     cfg = config_from_args(args)
     keypoint_set = COCO_KEYPOINTS
     if args.checkpoint:
-        from pose.engine.checkpoint import load_checkpoint
+        from pose.checkpoint import load_checkpoint
         from pose.estimator import checkpoint_keypoint_set, model_from_checkpoint
 
         state = load_checkpoint(args.checkpoint)

@@ -17,7 +17,7 @@ import torch
 
 from pose.cli import add_config_arguments, config_from_args, run
 from pose.data.build import build_dataset
-from pose.engine.runner import model_from_checkpoint, resolve_device
+from pose.estimator import model_from_checkpoint, resolve_device
 from pose.errors import PoseError
 from pose.activation_spec import activation_name
 from pose.models.mobilenetv2 import InvertedResidual

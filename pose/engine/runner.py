@@ -24,29 +24,20 @@ from torch.utils.data import DataLoader, DistributedSampler
 from pose.complexity import count_parameters
 from pose.config import Config, check_same_run, save_config
 from pose.data.build import build_dataset
-from pose.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from pose.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from pose.engine.distributed import (DistInfo, barrier, broadcast_buffers, cleanup,
                                      init_distributed)
 from pose.engine.evaluate import evaluate
-from pose.engine.inference import target_heatmaps
+from pose.inference import target_heatmaps
 from pose.engine.loop import build_optimizer, build_scheduler, train_one_epoch
 from pose.errors import DataError, PoseError
 from pose.estimator import (AMP_DTYPES, PoseEstimator, checkpoint_keypoint_set,
-                            model_from_checkpoint)
+                            model_from_checkpoint, resolve_device)
 from pose.evaluation.coco_eval import format_stats
 from pose.models import build_model
 from pose.utils import atomic_write_json
 
-__all__ = ["AMP_DTYPES", "model_from_checkpoint", "resolve_device", "run_test", "run_training"]
-
-
-def resolve_device(cfg: Config) -> torch.device:
-    wanted = cfg.runtime.device
-    if wanted == "cuda" and not torch.cuda.is_available():
-        raise PoseError("runtime.device is 'cuda' but no CUDA device is available")
-    if wanted == "cpu" or not torch.cuda.is_available():
-        return torch.device("cpu")
-    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+__all__ = ["run_test", "run_training"]
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
