@@ -14,12 +14,17 @@ import json
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+from statistics import NormalDist
 from typing import Any, Iterable, Optional
 
 import yaml
 
 from pose.activation_spec import parse_activation
 from pose.errors import PoseError
+
+
+# The reference's half-body rule takes the upper body when a standard normal draw is below 0.5.
+REFERENCE_UPPER_BODY_PROB = NormalDist().cdf(0.5)  # about 0.69
 
 
 class ConfigError(PoseError, ValueError):
@@ -67,14 +72,19 @@ class DataConfig:
     target_encoding: str = "reference"  # reference | unbiased
     crop_geometry: str = "reference"  # reference (box centre -> W/2) | centred (-> (W-1)/2)
     clip_detection_boxes: bool = False  # the reference crops from the detector's raw box
+    drop_zero_size_boxes: bool = False  # the reference crops boxes of zero width or height
     padding: float = 1.25  # box enlargement before cropping
     oks_sigmas: Optional[list[float]] = None  # for a keypoint set other than COCO's
+    # Training augmentation, the reference's rules (pose.data.coco.Augmentation).
     flip_prob: float = 0.5
     half_body_prob: float = 0.3
+    half_body_upper_prob: float = REFERENCE_UPPER_BODY_PROB
+    half_body_centre: str = "mean"  # mean of the chosen joints | box: middle of their extent
     scale_factor: float = 0.35  # scale drawn in [1 - f, 1 + f]
-    rotation_factor: float = 45.0  # degrees, drawn in [-f, f]
+    rotation_factor: float = 45.0  # degrees: N(0, f) ...
+    rotation_clip: float = 2.0  # ... clipped to +-clip * f
     rotation_prob: float = 0.6
-    photometric: bool = True  # albumentations colour jitter
+    photometric: bool = False  # albumentations colour jitter (the reference has none)
     num_workers: int = 4
     image_size: list[int] = field(default_factory=lambda: [224, 224])  # classifier only (h, w)
 
@@ -98,6 +108,7 @@ class TrainConfig:
     max_iters_per_epoch: int = 0  # 0 = the whole epoch; small values for smoke tests
     checkpoint_interval: int = 0  # keep epoch_N.pth every N epochs; 0 = only latest/best
     grad_clip: float = 0.0  # max gradient norm; 0 = off
+    loss_weight: float = 0.5  # the reference's 0.5 * MSE of the weighted heatmaps; 1 = MSE
 
 
 @dataclass

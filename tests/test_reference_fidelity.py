@@ -228,7 +228,8 @@ def test_detector_boxes_are_cropped_as_given_unless_clipping_is_asked_for(one_pe
     folder, _, _, dets, (width, height) = one_person
     cfg = paper_config(folder)
     raw = build_dataset(cfg, train=False)
-    assert [s["score"] for s in raw.samples] == [0.9, 0.8]  # the box without area is dropped
+    # the zero-width box is cropped too, its size taken from its height, as the reference does
+    assert [s["score"] for s in raw.samples] == [0.9, 0.8, 0.7]
     for sample, det in zip(raw.samples, dets):
         center, scale = reference_center_scale(det["bbox"])
         np.testing.assert_allclose(sample["center"], center, rtol=0, atol=1e-12)
@@ -243,7 +244,186 @@ def test_detector_boxes_are_cropped_as_given_unless_clipping_is_asked_for(one_pe
         assert not np.allclose(sample["center"], reference_center_scale(det["bbox"])[0])
 
 
-def test_oks_nms_keeps_the_later_of_equal_scores_as_the_reference_does():
+def test_oks_nms_breaks_ties_by_a_fixed_rule_the_later_of_equal_scores():
+    # The reference sorts scores with numpy's default (unstable) argsort, so which of exactly
+    # equal scores it keeps depends on the sort: there is no rule of its to copy. Ours is
+    # fixed: of equal scores, the later result comes first.
     keypoints = np.tile(np.array([[50.0, 60.0, 1.0]] * 17), (3, 1, 1))
     assert oks_nms(keypoints, np.array([0.5, 0.5, 0.5]), np.full(3, 4000.0), 0.9) == [2]
     assert oks_nms(keypoints, np.array([0.5, 0.7, 0.5]), np.full(3, 4000.0), 0.9) == [1]
+
+
+def reference_keeps_gt_box(box, area, width, height):
+    """The reference keeps a ground-truth box with a positive area whose clipped corners do
+    not cross (x2 >= x1, y2 >= y1: a box of zero width or height stays)."""
+    x, y, w, h = box
+    x1, y1 = max(0, x), max(0, y)
+    x2, y2 = min(width - 1, x1 + max(0, w - 1)), min(height - 1, y1 + max(0, h - 1))
+    return area > 0 and x2 >= x1 and y2 >= y1
+
+
+def reference_half_body(joints, visible, normal_draw, aspect_ratio):
+    """(centre, scale) of the half-body box, or None: the upper body when a standard normal
+    draw is below 0.5 and it has more than two visible joints, else the lower body if it has
+    more than two, else the upper; at least two joints. Centre: the joints' mean; size: their
+    extent, widened to the aspect ratio, times 1.5."""
+    upper_ids = set(COCO_KEYPOINTS.upper_body)
+    upper = [joints[j] for j in range(len(joints)) if visible[j] > 0 and j in upper_ids]
+    lower = [joints[j] for j in range(len(joints)) if visible[j] > 0 and j not in upper_ids]
+    if normal_draw < 0.5 and len(upper) > 2:
+        chosen = upper
+    else:
+        chosen = lower if len(lower) > 2 else upper
+    if len(chosen) < 2:
+        return None
+    chosen = np.array(chosen)
+    center = chosen.mean(axis=0)
+    w, h = chosen.max(axis=0) - chosen.min(axis=0)
+    if w > aspect_ratio * h:
+        h = w / aspect_ratio
+    elif w < aspect_ratio * h:
+        w = h * aspect_ratio
+    return center, np.array([w, h]) * 1.5
+
+
+def reference_rotation(normal_draw, factor=45.0):
+    return float(np.clip(normal_draw * factor, -2 * factor, 2 * factor))
+
+
+class ScriptedDraws:
+    """A random generator that returns given draws: uniform ones from ``uniform``, standard
+    normal ones from ``normal``, in order."""
+
+    def __init__(self, uniform, normal):
+        self.uniform, self.normal = list(uniform), list(normal)
+
+    def random(self):
+        return self.uniform.pop(0)
+
+    def standard_normal(self):
+        return self.normal.pop(0)
+
+
+def test_training_draws_follow_the_reference_rules(one_person):
+    from statistics import NormalDist
+
+    folder, joints, box, _, (width, height) = one_person
+    dataset = build_dataset(paper_config(folder), train=True)
+    sample = dataset.samples[0]
+    aspect = INPUT_W / INPUT_H
+    # Our rule draws a uniform u for the choice of half and takes the upper body when
+    # u < Phi(0.5); the reference takes it when its normal draw z < 0.5. With u = Phi(z) the
+    # two decide alike, so each case gives the same z to both.
+    for z_half, z_scale, z_rotation in [(-1.2, 0.3, 0.7), (0.49, -2.5, 1.9), (0.51, 1.0, 2.4),
+                                        (1.7, -0.2, -3.1), (0.0, 0.0, -0.5)]:
+        draws = ScriptedDraws([0.0, NormalDist().cdf(z_half), 0.0, 0.9],
+                              [z_scale, z_rotation])
+        center, scale, rotation, flip = dataset._augment(sample, draws)
+        expected = reference_half_body(joints[:, :2], joints[:, 2], z_half, aspect)
+        np.testing.assert_allclose(center, expected[0], rtol=0, atol=1e-9)
+        np.testing.assert_allclose(scale, expected[1] * (1 + np.clip(z_scale, -1, 1) * 0.35),
+                                   rtol=1e-12)
+        assert rotation == reference_rotation(z_rotation)
+        assert not flip and not draws.uniform and not draws.normal  # every draw used once
+    # the half-body gate and the rotation gate closed: the GT box, no rotation
+    draws = ScriptedDraws([0.99, 0.99, 0.0], [0.0])
+    center, scale, rotation, flip = dataset._augment(sample, draws)
+    expected = reference_center_scale(reference_clean_box(box, width, height))
+    np.testing.assert_allclose(center, expected[0], rtol=0, atol=1e-9)
+    assert rotation == 0.0 and flip
+
+
+def test_the_earlier_augmentation_stays_available_as_options(one_person):
+    folder, joints, *_ = one_person
+    cfg = paper_config(folder)
+    cfg.data.half_body_centre, cfg.data.rotation_clip = "box", 1.0
+    dataset = build_dataset(cfg, train=True)
+    draws = ScriptedDraws([0.0, 0.2, 0.0, 0.9], [0.0, 2.4])
+    center, _, rotation, _ = dataset._augment(dataset.samples[0], draws)
+    assert rotation == 45.0  # clip(z, -1, 1) * 45
+    upper = [j for j in COCO_KEYPOINTS.upper_body if joints[j, 2] > 0]
+    points = joints[upper, :2]
+    np.testing.assert_allclose(center, (points.min(0) + points.max(0)) / 2, rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("drop", [False, True])
+def test_ground_truth_boxes_are_kept_by_the_reference_rule(tmp_path, drop):
+    width, height = 60, 40
+    cv2.imwrite(str(tmp_path / "a.png"), np.zeros((height, width, 3), np.uint8))
+    joints = [30.0, 20.0, 2.0] * 17
+    boxes = [([10.0, 5.0, 20.0, 30.0], 100.0),  # ordinary
+             ([10.0, 5.0, 1.0, 30.0], 30.0),  # one pixel wide: zero width once clipped
+             ([59.0, 5.0, 8.0, 30.0], 30.0),  # crosses the right border at its last pixel
+             ([10.0, 5.0, 0.5, 0.5], 1.0),  # a point once clipped: kept by the check
+             ([10.0, 5.0, 0.0, 0.0], 1.0),  # a point as given
+             ([70.0, 5.0, 8.0, 30.0], 30.0),  # beyond the image
+             ([10.0, 5.0, -4.0, 30.0], 30.0),  # negative width
+             ([10.0, 5.0, 20.0, 30.0], 0.0)]  # no area
+    ann = {"images": [{"id": 1, "file_name": "a.png", "width": width, "height": height}],
+           "annotations": [{"id": i + 1, "image_id": 1, "category_id": 1, "iscrowd": 0,
+                            "bbox": b, "area": a, "num_keypoints": 17, "keypoints": joints}
+                           for i, (b, a) in enumerate(boxes)],
+           "categories": [COCO_KEYPOINTS.to_category()]}
+    (tmp_path / "ann.json").write_text(json.dumps(ann))
+    cfg = paper_config(tmp_path)
+    cfg.data.drop_zero_size_boxes = drop
+    with pytest.warns(Warning):  # the file check reports the degenerate boxes
+        dataset = build_dataset(cfg, train=False, use_gt_boxes=True)
+    # The reference's rule, less the boxes no crop can be made of: a negative width is no box
+    # and a point as given (the file check skips both, with a warning), and a point once
+    # clipped gives a zero scale (the one case where the reference would divide by zero).
+    expected = [(b, a) for b, a in boxes if reference_keeps_gt_box(b, a, width, height)
+                and b[2] >= 0 and b[3] >= 0
+                and any(v > 0 for v in reference_clean_box(b, width, height)[2:])]
+    if drop:
+        expected = [(b, a) for b, a in expected
+                    if all(v > 0 for v in reference_clean_box(b, width, height)[2:])]
+    assert len(dataset.samples) == len(expected) == (1 if drop else 3)
+    for sample, (b, _) in zip(dataset.samples, expected):
+        center, scale = reference_center_scale(reference_clean_box(b, width, height))
+        np.testing.assert_allclose(sample["center"], center, rtol=0, atol=1e-12)
+        np.testing.assert_allclose(sample["scale"], scale, rtol=0, atol=1e-12)
+
+
+def test_loss_is_half_the_mean_squared_error_of_the_weighted_heatmaps():
+    import torch
+
+    from pose.engine.loop import heatmap_loss
+
+    rng = np.random.default_rng(0)
+    pred, target = rng.normal(size=(3, 5, 8, 6)), rng.uniform(size=(3, 5, 8, 6))
+    weights = rng.choice([0.0, 1.0], size=(3, 5))
+    # the reference: per joint, 0.5 * MSE(pred * w, target * w) over the batch; mean over joints
+    expected = np.mean([0.5 * np.mean((pred[:, j] * weights[:, j, None, None]
+                                       - target[:, j] * weights[:, j, None, None]) ** 2)
+                        for j in range(5)])
+    # (the loss is computed in float32, as in training)
+    ours = heatmap_loss(torch.tensor(pred), torch.tensor(target), torch.tensor(weights))
+    assert ours.item() == pytest.approx(expected, rel=1e-6)
+    plain = heatmap_loss(torch.tensor(pred), torch.tensor(target), torch.tensor(weights), 1.0)
+    assert plain.item() == pytest.approx(2 * expected, rel=1e-6)
+
+
+def test_an_exif_orientation_tag_is_ignored_as_the_annotations_require(one_person):
+    from PIL import Image
+
+    folder, *_ = one_person
+    rng = np.random.default_rng(1)
+    pixels = rng.integers(0, 255, (100, 130, 3), dtype=np.uint8)  # stored 130 wide, 100 high
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees to show upright
+    Image.fromarray(pixels).save(folder / "tagged.jpg", quality=95, exif=exif.tobytes())
+    Image.fromarray(pixels).save(folder / "plain.jpg", quality=95)
+    assert cv2.imread(str(folder / "tagged.jpg")).shape[:2] == (130, 100)  # OpenCV turns it
+    items = {}
+    for name in ("tagged", "plain"):
+        ann = json.loads((folder / "ann.json").read_text())
+        ann["images"][0]["file_name"] = f"{name}.jpg"
+        (folder / f"{name}.json").write_text(json.dumps(ann))
+        cfg = paper_config(folder)
+        cfg.data.val_ann = f"{name}.json"
+        dataset = build_dataset(cfg, train=False, use_gt_boxes=True)
+        assert dataset.read_image(1).shape == (100, 130, 3)
+        items[name] = dataset[0]
+    for key in ("image", "heatmaps", "weights", "inv_matrix"):
+        assert np.array_equal(items["tagged"][key], items["plain"][key]), key

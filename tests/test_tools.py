@@ -206,11 +206,12 @@ def test_the_inference_path_crops_boxes_as_the_config_says(clip, geometry):
     estimator = PoseEstimator(lambda batch: None, cfg)
     image = np.zeros((100, 80, 3), dtype=np.uint8)
     inside, overhanging, outside = [10, 20, 30, 40], [60, -10, 50, 60], [200, 200, 10, 10]
-    empty = [5, 5, 0, 10]
-    boxes = [(inside, 0.9), (overhanging, 0.8), (outside, 0.7), (empty, 0.6)]
+    line, point = [5, 5, 0, 10], [5, 5, 0, 0]
+    boxes = [(inside, 0.9), (overhanging, 0.8), (outside, 0.7), (line, 0.6), (point, 0.5)]
     samples = estimator.crops_of(image, boxes, 5)
-    # a box without area is dropped; one outside the image only when clipping
-    kept = [0, 1] if clip else [0, 1, 2]
+    # as the reference: a box of zero width is cropped (its size from its height), a point has
+    # no crop; a box outside the image is dropped only when clipping
+    kept = [0, 1, 3] if clip else [0, 1, 2, 3]
     assert [s["index"] for s in samples] == kept
     for sample, index in zip(samples, kept):
         box = clip_box(boxes[index][0], 80, 100) if clip else boxes[index][0]

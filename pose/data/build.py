@@ -5,7 +5,7 @@ from pathlib import Path
 from typing import Optional
 
 from pose.config import Config
-from pose.data.coco import Augmentation, TopDownCocoDataset
+from pose.data.coco import Augmentation, CropSettings, TopDownCocoDataset
 from pose.data.heatmap import HeatmapCodec
 
 
@@ -20,21 +20,32 @@ def make_codec(cfg: Config) -> HeatmapCodec:
                         cfg.eval.decode, encoding=cfg.data.target_encoding)
 
 
+def crop_settings(cfg: Config) -> CropSettings:
+    """How boxes become crops, for the datasets and the estimator alike."""
+    d = cfg.data
+    return CropSettings(tuple(d.input_size), d.padding, d.crop_geometry, d.clip_detection_boxes,
+                        d.drop_zero_size_boxes)
+
+
+def augmentation(cfg: Config) -> Augmentation:
+    d = cfg.data
+    return Augmentation(d.flip_prob, d.half_body_prob, d.half_body_upper_prob, d.half_body_centre,
+                        d.scale_factor, d.rotation_factor, d.rotation_clip, d.rotation_prob,
+                        d.photometric)
+
+
 def build_dataset(cfg: Config, train: bool, use_gt_boxes: Optional[bool] = None,
                   det_file: Optional[str] = None) -> TopDownCocoDataset:
     """Training set (GT boxes, augmented) or evaluation set (GT or detector boxes)."""
     d = cfg.data
     if train:
-        aug = Augmentation(d.flip_prob, d.half_body_prob, d.scale_factor, d.rotation_factor,
-                           d.rotation_prob, d.photometric)
         return TopDownCocoDataset(data_path(cfg, d.train_ann), data_path(cfg, d.train_images),
-                                  make_codec(cfg), train=True, augmentation=aug,
-                                  padding=d.padding, seed=cfg.runtime.seed,
-                                  crop_geometry=d.crop_geometry, sigmas=d.oks_sigmas)
+                                  make_codec(cfg), train=True, augmentation=augmentation(cfg),
+                                  crops=crop_settings(cfg), seed=cfg.runtime.seed,
+                                  sigmas=d.oks_sigmas)
     gt_boxes = cfg.eval.use_gt_boxes if use_gt_boxes is None else use_gt_boxes
     boxes = None if gt_boxes else str(data_path(cfg, det_file or d.det_file))
     return TopDownCocoDataset(data_path(cfg, d.val_ann), data_path(cfg, d.val_images),
                               make_codec(cfg), train=False, det_file=boxes,
-                              det_score_threshold=d.det_score_threshold, padding=d.padding,
-                              crop_geometry=d.crop_geometry,
-                              clip_detection_boxes=d.clip_detection_boxes, sigmas=d.oks_sigmas)
+                              det_score_threshold=d.det_score_threshold, crops=crop_settings(cfg),
+                              sigmas=d.oks_sigmas)

@@ -20,8 +20,9 @@ from pycocotools.coco import COCO
 from torch.utils.data import Dataset
 
 from pose.data.heatmap import HeatmapCodec
+from pose.config import REFERENCE_UPPER_BODY_PROB
 from pose.data.transforms import (apply_affine, box_to_center_scale, crop_matrix,
-                                  half_body_center_scale, invert_affine, warp)
+                                  half_body_center_scale, invert_affine, rotation_angle, warp)
 from pose.data.validate import DataReport, check_detections, check_keypoint_file
 from pose.errors import DataError, DataWarning
 
@@ -77,13 +78,17 @@ def read_detection_file(path: str | Path, score_threshold: float = 0.0,
 
 @dataclass
 class Augmentation:
-    """Training augmentation settings (all off for evaluation)."""
+    """Training augmentation settings (all off for evaluation); the defaults are the
+    reference's (SimpleBaselines/HRNet), which has no colour jitter."""
     flip_prob: float = 0.5
     half_body_prob: float = 0.3
+    half_body_upper_prob: float = REFERENCE_UPPER_BODY_PROB
+    half_body_centre: str = "mean"  # of the chosen joints; "box": the middle of their extent
     scale_factor: float = 0.35
     rotation_factor: float = 45.0
+    rotation_clip: float = 2.0  # angles are N(0, factor) clipped to +-clip * factor
     rotation_prob: float = 0.6
-    photometric: bool = True
+    photometric: bool = False
 
 
 def photometric_jitter():
@@ -96,46 +101,61 @@ def photometric_jitter():
     ])
 
 
-def clip_box(box, width: int, height: int) -> Optional[tuple[float, float, float, float]]:
-    """Clip an (x, y, w, h) box to the image; None when nothing is left.
+def croppable(box, drop_zero_size: bool) -> bool:
+    """Whether an (x, y, w, h) box has a crop. The reference keeps a box of zero width or
+    height (its crop then takes its size from the other side); ``drop_zero_size`` drops it.
+    A box of neither width nor height, or of negative size, has no crop in either rule."""
+    w, h = box[2], box[3]
+    if drop_zero_size:
+        return w > 0 and h > 0
+    return w >= 0 and h >= 0 and (w > 0 or h > 0)
+
+
+def clip_box(box, width: int, height: int,
+             drop_zero_size: bool = False) -> Optional[tuple[float, float, float, float]]:
+    """Clip an (x, y, w, h) box to the image (the last pixel is width - 1); None when it has
+    no crop (``croppable``).
 
     The reference's cleaning of ground-truth boxes (SimpleBaselines/HRNet), applied to them
     always and to detector boxes only with ``clip_detection_boxes``."""
-    x, y, w, h = box
+    x, y, w, h = (float(v) for v in box)
     x1, y1 = max(0.0, x), max(0.0, y)
     x2, y2 = min(width - 1.0, x1 + max(0.0, w - 1.0)), min(height - 1.0, y1 + max(0.0, h - 1.0))
-    if x2 <= x1 or y2 <= y1:
-        return None
-    return x1, y1, x2 - x1, y2 - y1
-
-
-def detection_box(box, width: int, height: int,
-                  clip: bool) -> Optional[tuple[float, float, float, float]]:
-    """A detector's (x, y, w, h) box as it is cropped: as given (the reference and mmpose
-    crop from the raw box, also where it crosses the image border) or clipped (``clip``);
-    None for a box without area, which has no crop."""
-    if clip:
-        return clip_box(box, width, height)
-    x, y, w, h = (float(v) for v in box)
-    return (x, y, w, h) if w > 0 and h > 0 else None
+    clipped = (x1, y1, x2 - x1, y2 - y1)
+    return clipped if croppable(clipped, drop_zero_size) else None
 
 
 @dataclass(frozen=True)
 class CropSettings:
-    """How a person box becomes a model input: the evaluation's crop, also the demo's and the
-    Python API's (``pose.inference``), so that they cannot drift apart."""
+    """How a person box becomes a model input: the training and evaluation crops, also the
+    demo's and the Python API's (``pose.estimator``), so that they cannot drift apart. Made
+    from a config by ``pose.data.build.crop_settings``.
+
+    Ground-truth boxes are clipped to the image, as the reference does; detector boxes are
+    cropped as given (the reference and mmpose crop from the raw box, also where it crosses
+    the image border) unless ``clip_detection_boxes``. ``drop_zero_size_boxes``: see
+    ``croppable``."""
     input_size: tuple[int, int]  # crop (height, width)
     padding: float = 1.25
     crop_geometry: str = "reference"
     clip_detection_boxes: bool = False
+    drop_zero_size_boxes: bool = False
+
+    def _center_scale(self, box):
+        height, width = self.input_size
+        return box_to_center_scale(box, width / height, self.padding)
+
+    def gt_center_scale(self, box, image_width: int, image_height: int):
+        """(centre, scale) of a ground-truth box's crop, or None for a box without a crop."""
+        box = clip_box(box, image_width, image_height, self.drop_zero_size_boxes)
+        return None if box is None else self._center_scale(box)
 
     def detection_center_scale(self, box, image_width: int, image_height: int):
         """(centre, scale) of a detector box's crop, or None for a box without a crop."""
-        box = detection_box(box, image_width, image_height, self.clip_detection_boxes)
-        if box is None:
-            return None
-        height, width = self.input_size
-        return box_to_center_scale(box, width / height, self.padding)
+        if self.clip_detection_boxes:
+            return self.gt_center_scale(box, image_width, image_height)
+        box = tuple(float(v) for v in box)
+        return self._center_scale(box) if croppable(box, self.drop_zero_size_boxes) else None
 
     def crop(self, image: np.ndarray, center, scale, rotation: float = 0.0,
              flip: bool = False) -> tuple[np.ndarray, np.ndarray]:
@@ -153,9 +173,7 @@ class TopDownCocoDataset(Dataset):
         train: training mode (GT boxes, augmentation) or evaluation mode.
         det_file: evaluation boxes from this detection results file instead of GT boxes.
         sigmas: OKS sigmas of a keypoint set other than COCO's (``data.oks_sigmas``).
-        crop_geometry: where the box centre lands in the crop (``pose.data.transforms``).
-        clip_detection_boxes: clip detector boxes to the image before cropping (GT boxes
-            are always clipped, as the reference does).
+        crops: how boxes become crops (default: the reference's, at the codec's input size).
         augmentation: training augmentation settings.
         seed: base seed; sample i of epoch e is augmented with a generator seeded by
             (seed, e, i), so results do not depend on worker count or order.
@@ -171,9 +189,8 @@ class TopDownCocoDataset(Dataset):
 
     def __init__(self, ann_file, image_dir, codec: HeatmapCodec, train: bool = False,
                  det_file: Optional[str] = None, det_score_threshold: float = 0.0,
-                 augmentation: Optional[Augmentation] = None, padding: float = 1.25,
-                 seed: int = 0, crop_geometry: str = "reference",
-                 clip_detection_boxes: bool = False,
+                 augmentation: Optional[Augmentation] = None,
+                 crops: Optional[CropSettings] = None, seed: int = 0,
                  sigmas: Optional[Sequence[float]] = None) -> None:
         self.ann_file, self.image_dir = Path(ann_file), Path(image_dir)
         folder = self.image_dir.is_dir()
@@ -183,8 +200,11 @@ class TopDownCocoDataset(Dataset):
             raise DataError(f"image folder not found: {self.image_dir}")
         self.keypoint_set = self.report.keypoint_set
         self.flip_perm = self.keypoint_set.flip_permutation()
-        self.codec, self.train, self.padding, self.seed = codec, train, padding, seed
-        self.crops = CropSettings(codec.input_size, padding, crop_geometry, clip_detection_boxes)
+        self.codec, self.train, self.seed = codec, train, seed
+        self.crops = crops or CropSettings(tuple(codec.input_size))
+        if tuple(self.crops.input_size) != tuple(codec.input_size):
+            raise ValueError(f"crop size {self.crops.input_size} differs from the codec's "
+                             f"{codec.input_size}")
         self.augmentation = (augmentation or Augmentation()) if train else None
         height, width = codec.input_size
         self.aspect_ratio = width / height
@@ -207,10 +227,10 @@ class TopDownCocoDataset(Dataset):
                 keypoints = np.array(ann["keypoints"], dtype=np.float64).reshape(count, 3)
                 if keypoints[:, 2].max() <= 0:
                     continue
-                box = clip_box(ann["bbox"], image["width"], image["height"])
-                if box is None or ann["area"] <= 0:
+                crop = self.crops.gt_center_scale(ann["bbox"], image["width"], image["height"])
+                if crop is None or ann["area"] <= 0:
                     continue
-                center, scale = box_to_center_scale(box, self.aspect_ratio, self.padding)
+                center, scale = crop
                 samples.append(dict(image_id=image_id, center=center, scale=scale, score=1.0,
                                     keypoints=keypoints))
         return samples
@@ -246,13 +266,16 @@ class TopDownCocoDataset(Dataset):
         if visible.sum() > 8 and rng.random() < aug.half_body_prob:
             half = half_body_center_scale(keypoints, visible, self.aspect_ratio, rng,
                                           self.keypoint_set.upper_body,
-                                          self.keypoint_set.lower_body)
+                                          self.keypoint_set.lower_body,
+                                          upper_prob=aug.half_body_upper_prob,
+                                          centre=aug.half_body_centre)
             if half is not None:
                 center, scale = half
         scale = scale * (1.0 + np.clip(rng.standard_normal(), -1, 1) * aug.scale_factor)
         rotation = 0.0
         if rng.random() < aug.rotation_prob:
-            rotation = float(np.clip(rng.standard_normal(), -1, 1) * aug.rotation_factor)
+            rotation = rotation_angle(rng.standard_normal(), aug.rotation_factor,
+                                      aug.rotation_clip)
         flip = bool(rng.random() < aug.flip_prob)
         return center, scale, rotation, flip
 
@@ -290,8 +313,13 @@ class TopDownCocoDataset(Dataset):
 
 
 def read_rgb(path: Path) -> np.ndarray:
-    """An image file as RGB uint8 (H, W, 3); a missing or corrupt file is one DataError."""
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    """An image file's stored pixels as RGB uint8 (H, W, 3); a missing or corrupt file is one
+    DataError.
+
+    An EXIF orientation tag is ignored, as the reference reads images: COCO-format keypoints
+    and boxes are annotated on the stored pixels, so a picture turned upright would no longer
+    match them."""
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
     if image is None:
         reason = "missing" if not Path(path).exists() else "unreadable or corrupt"
         raise DataError(f"image file {path} is {reason}")

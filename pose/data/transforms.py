@@ -18,6 +18,7 @@ import math
 import cv2
 import numpy as np
 
+from pose.config import REFERENCE_UPPER_BODY_PROB
 
 
 def box_to_center_scale(box, aspect_ratio: float, padding: float = 1.25):
@@ -75,17 +76,43 @@ def warp(image: np.ndarray, matrix: np.ndarray, output_size) -> np.ndarray:
                           flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
 
 
+HALF_BODY_CENTRES = ("mean", "box")
+
+
 def half_body_center_scale(keypoints: np.ndarray, visible: np.ndarray, aspect_ratio: float,
                            rng: np.random.Generator, upper_body, lower_body,
-                           padding: float = 1.5):
+                           padding: float = 1.5, upper_prob: float = REFERENCE_UPPER_BODY_PROB,
+                           centre: str = "mean"):
     """Centre/scale of the upper or lower body's visible joints (index lists ``upper_body``,
-    ``lower_body``), or None if too few."""
+    ``lower_body``), or None if too few.
+
+    As the reference (SimpleBaselines/HRNet): the upper body with probability ``upper_prob``
+    when it has more than two visible joints, else the lower body if that has more than two,
+    else the upper; at least two joints are needed. The box spans the chosen joints and is
+    centred on their ``mean`` (the reference) or on the middle of their extent (``box``).
+    One uniform draw from ``rng`` is made.
+    """
+    if centre not in HALF_BODY_CENTRES:
+        raise ValueError(f"half-body centre must be one of {', '.join(HALF_BODY_CENTRES)}, "
+                         f"got {centre!r}")
     upper = [i for i in upper_body if visible[i] > 0]
     lower = [i for i in lower_body if visible[i] > 0]
-    chosen = upper if (rng.random() < 0.5 and len(upper) > 2) or len(lower) <= 2 else lower
+    chosen = upper if (rng.random() < upper_prob and len(upper) > 2) or len(lower) <= 2 \
+        else lower
     if len(chosen) < 2:
         return None
     points = keypoints[chosen, :2]
     low, high = points.min(axis=0), points.max(axis=0)
-    box = (low[0], low[1], max(high[0] - low[0], 1.0), max(high[1] - low[1], 1.0))
-    return box_to_center_scale(box, aspect_ratio, padding)
+    # A floor of one pixel keeps joints that coincide from making a zero-sized crop (the
+    # reference would divide by zero there).
+    width, height = max(high[0] - low[0], 1.0), max(high[1] - low[1], 1.0)
+    middle = points.mean(axis=0) if centre == "mean" else low + np.array([width, height]) / 2
+    _, scale = box_to_center_scale((0.0, 0.0, width, height), aspect_ratio, padding)
+    return middle.astype(np.float64), scale
+
+
+def rotation_angle(draw: float, factor: float, clip: float = 2.0) -> float:
+    """A training rotation in degrees from a standard normal ``draw``: N(0, factor) clipped to
+    +-clip * factor. The reference clips at twice the factor (clip=2); clip=1 gives
+    clip(draw, -1, 1) * factor, which puts about a third of the rotated samples on +-factor."""
+    return float(np.clip(draw * factor, -clip * factor, clip * factor))

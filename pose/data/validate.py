@@ -12,7 +12,10 @@ and said in one warning line per file, never silently:
 - repaired: a missing ``area`` is the box's w x h (PoseTrack-style files omit it; COCOeval
   needs it for its area ranges and OKS scale), a missing ``num_keypoints`` is the count of
   labelled joints (COCOeval reads it), a missing ``iscrowd`` is 0;
-- skipped: a box without area (w or h <= 0), which has no crop.
+- skipped: a person whose box has a negative width or height, or neither width nor height
+  (no crop can be made of it). It is removed from the loaded file, so that evaluation's
+  ground truth lacks it as training does; the warning names the first few annotation ids.
+  A box of zero width or height alone (a line) is kept, as the reference keeps it.
 The reference's own filters (crowd regions, people without a labelled joint) are not faults;
 the report counts them for ``tools/check_dataset.py``.
 """
@@ -51,15 +54,28 @@ class DataReport:
     labelled: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     repaired: Counter = field(default_factory=Counter)
     skipped: Counter = field(default_factory=Counter)
+    skipped_ids: dict = field(default_factory=dict)  # reason -> annotation ids
     filtered: Counter = field(default_factory=Counter)  # the reference's filters, not faults
     assumed: Optional[str] = None  # what the file left open and the loader assumed
 
     def warning(self) -> Optional[str]:
         """One line on what was repaired or skipped, or None when nothing was."""
         parts = [f"repaired {n} annotation(s) {what}" for what, n in self.repaired.items()]
-        parts += [f"skipped {n} annotation(s) {what}" for what, n in self.skipped.items()]
+        parts += [f"skipped {n} annotation(s) {what}{self._ids(what)}"
+                  for what, n in self.skipped.items()]
         parts += [self.assumed] if self.assumed else []
         return f"{self.path}: " + "; ".join(parts) if parts else None
+
+    def _ids(self, reason: str, shown: int = 5) -> str:
+        ids = self.skipped_ids.get(reason, [])
+        if not ids:
+            return ""
+        more = f" and {len(ids) - shown} more" if len(ids) > shown else ""
+        return f" (annotation ids {', '.join(map(str, ids[:shown]))}{more})"
+
+    def skip(self, reason: str, ann_id) -> None:
+        self.skipped[reason] += 1
+        self.skipped_ids.setdefault(reason, []).append(ann_id)
 
     def summary(self) -> str:
         lines = [f"{self.path}: {self.images} images, {self.annotations} annotations, "
@@ -74,7 +90,9 @@ class DataReport:
             lines.append(f"  assumed: {self.assumed}")
         for title, counter in (("repaired", self.repaired), ("skipped", self.skipped),
                                ("not used (as the reference)", self.filtered)):
-            lines += [f"  {title}: {n} annotation(s) {what}" for what, n in counter.items()]
+            lines += [f"  {title}: {n} annotation(s) {what}"
+                      f"{self._ids(what) if counter is self.skipped else ''}"
+                      for what, n in counter.items()]
         return "\n".join(lines)
 
 
@@ -149,8 +167,10 @@ def check_images(path: Path, images: list, image_dir: Optional[Path]) -> dict[in
     return by_id
 
 
-def _check_annotation(where: str, ann: dict, num_keypoints: int, report: DataReport) -> bool:
-    """Checks (and repairs) one keypoint annotation; True when it is a usable person."""
+def _check_annotation(where: str, ann: dict, num_keypoints: int,
+                      report: DataReport) -> Optional[bool]:
+    """Checks (and repairs) one keypoint annotation: True when it is a usable person, False
+    when the reference's filters leave it out, None when it is skipped (no crop)."""
     keypoints = ann.get("keypoints")
     if not isinstance(keypoints, list):
         found = "missing" if keypoints is None else type(keypoints).__name__
@@ -186,9 +206,9 @@ def _check_annotation(where: str, ann: dict, num_keypoints: int, report: DataRep
     if not labelled.any():
         report.filtered["without a labelled joint"] += 1
         return False
-    if box[2] <= 0 or box[3] <= 0:
-        report.skipped["with a box without area"] += 1
-        return False
+    if box[2] < 0 or box[3] < 0 or (box[2] == 0 and box[3] == 0):
+        report.skip("with a 'bbox' of negative or no size", ann["id"])
+        return None
     report.labelled += labelled
     return True
 
@@ -209,6 +229,7 @@ def check_keypoint_file(path: Path, data: Any, image_dir: Optional[Path] = None,
     images = check_images(path, data["images"], image_dir)
     report.images = len(images)
     seen: set[int] = set()
+    kept = []
     for j, ann in enumerate(data["annotations"]):
         ann_id = _entry_id(path, "annotation", j, ann, seen)
         seen.add(ann_id)
@@ -217,11 +238,16 @@ def check_keypoint_file(path: Path, data: Any, image_dir: Optional[Path] = None,
             raise DataError(f"{where}: 'image_id' {ann.get('image_id')!r} names no image of "
                             f"the file")
         where += f" (image {ann['image_id']})"
+        kept.append(ann)
         if ann.get("category_id") != report.keypoint_set.category_id:
             report.filtered["of another category"] += 1
             continue
-        report.people += _check_annotation(where, ann, len(report.keypoint_set), report)
+        usable = _check_annotation(where, ann, len(report.keypoint_set), report)
+        if usable is None:
+            kept.pop()
+        report.people += bool(usable)
     report.annotations = len(data["annotations"])
+    data["annotations"] = kept  # what training cannot use, evaluation does not score
     return report
 
 

@@ -17,10 +17,12 @@ class NonFiniteLossError(PoseError):
     """The loss became NaN or infinite; the message names the iteration."""
 
 
-def heatmap_loss(predicted: torch.Tensor, target: torch.Tensor,
-                 weights: torch.Tensor) -> torch.Tensor:
-    """Mean squared error over (N, K, h, w), each joint's map weighted by weights (N, K)."""
-    return ((predicted.float() - target) ** 2 * weights[:, :, None, None]).mean()
+def heatmap_loss(predicted: torch.Tensor, target: torch.Tensor, weights: torch.Tensor,
+                 loss_weight: float = 0.5) -> torch.Tensor:
+    """``loss_weight`` times the mean squared error over (N, K, h, w) of the heatmaps, each
+    joint's map multiplied by its weight (N, K) first: the reference's loss at 0.5."""
+    weights = weights[:, :, None, None]
+    return loss_weight * ((predicted.float() - target) * weights).square().mean()
 
 
 def parameter_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
@@ -95,7 +97,7 @@ def train_one_epoch(model: nn.Module, loader, optimizer, scheduler, scaler, devi
         weights = batch["weights"].to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             output = model(images)
-        loss = heatmap_loss(output, target, weights)
+        loss = heatmap_loss(output, target, weights, cfg.loss_weight)
         if not torch.isfinite(loss):
             raise NonFiniteLossError(
                 f"non-finite loss ({loss.item()}) at epoch {epoch + 1}, iteration {i + 1} "
