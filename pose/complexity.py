@@ -25,7 +25,8 @@ def count_parameters(model: nn.Module) -> int:
 
 @torch.no_grad()
 def count_madds(model: nn.Module, input_shape: tuple[int, ...]) -> int:
-    """MAdds of one forward pass on a zero tensor of ``input_shape`` (batch included)."""
+    """MAdds of one forward pass on a zero tensor of ``input_shape`` (batch included), made on
+    the device of the model's parameters."""
     piecewise = [0]
 
     def add_pieces(module: DyReLU, _inputs, output: torch.Tensor) -> None:
@@ -40,7 +41,8 @@ def count_madds(model: nn.Module, input_shape: tuple[int, ...]) -> int:
     try:
         counter = FlopCounterMode(display=False)
         with counter, plain_operators():  # the native kernels' FCs would go uncounted
-            model(torch.zeros(input_shape))
+            device = next(model.parameters(), torch.zeros(())).device
+            model(torch.zeros(input_shape, device=device))
     finally:
         model.train(was_training)
         for hook in hooks:
