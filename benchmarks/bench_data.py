@@ -3,7 +3,9 @@
 Times TopDownCocoDataset.__getitem__ (read JPEG, affine crop, augmentation, target encoding)
 in this process, which is what one DataLoader worker does, on the real COCO sample when it
 is present and on a synthetic dataset otherwise; then a ReLU/ReLU train step at the same
-size. Their ratio is the number of workers that keeps the model fed.
+size. Their ratio is the number of workers that keeps the model fed. Last, the load-time
+check that every image file is whole (``pose.data.validate.damaged_image``: its signature and
+end marker), per file, and what that makes for COCO train2017's 118,287 images.
 
     python benchmarks/bench_data.py [--size 256 192] [--device cpu] [--batch 16]
 """
@@ -18,6 +20,7 @@ import torch
 
 from pose.data.coco import Augmentation, TopDownCocoDataset
 from pose.data.heatmap import HeatmapCodec
+from pose.data.validate import damaged_image
 
 from bench_train_step import measure  # this folder: the same train step, timed the same way
 
@@ -46,6 +49,19 @@ def crops_per_second(dataset: TopDownCocoDataset, count: int) -> float:
     return count / (time.perf_counter() - start)
 
 
+COCO_TRAIN_IMAGES = 118_287
+
+
+def image_check_seconds(dataset: TopDownCocoDataset, count: int = 2000) -> float:
+    """Seconds per file of the load-time image check, over the dataset's files in turn (in
+    the page cache after the first pass: this is the check's own cost, not the disk's)."""
+    files = [dataset.image_dir / image["file_name"] for image in dataset.coco.imgs.values()]
+    start = time.perf_counter()
+    for i in range(count):
+        assert damaged_image(files[i % len(files)]) is None
+    return (time.perf_counter() - start) / count
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, nargs=2, default=[256, 192])
@@ -65,11 +81,15 @@ def main() -> None:
             train_rate = rate
     step_args = argparse.Namespace(batch=args.batch, size=args.size, channels_last=False,
                                    amp="none", warmup=2, steps=3)
-    model_rate, _ = measure([("relu", "relu")], step_args, torch.device(args.device))[
-        ("relu", "relu")]
+    run = ("relu", "relu", False, "")
+    model_rate, _ = measure([run], step_args, torch.device(args.device))[run]
     print(f"ReLU/ReLU train step on {args.device} ({args.threads} threads): {model_rate:.1f} img/s")
     print(f"ratio model img/s / worker crops/s: {model_rate / train_rate:.2f} "
           f"(workers needed to keep the model fed: {max(1, -(-model_rate // train_rate)):.0f})")
+    seconds = image_check_seconds(dataset)
+    print(f"load-time image check: {seconds * 1e6:.0f} us a file, {seconds * COCO_TRAIN_IMAGES:.1f}"
+          f" s for COCO train2017's {COCO_TRAIN_IMAGES:,} images (files cached; two small reads "
+          f"a file from disk)")
 
 
 if __name__ == "__main__":

@@ -62,7 +62,9 @@ class DataConfig:
     train_images: str = "train2017"
     val_ann: str = "annotations/person_keypoints_val2017.json"
     val_images: str = "val2017"
-    det_file: str = "person_detection_results/COCO_val2017_detections_AP_H_56_person.json"
+    # detector boxes for evaluation; null: none (evaluate on GT boxes, eval.use_gt_boxes)
+    det_file: Optional[str] = ("person_detection_results/"
+                               "COCO_val2017_detections_AP_H_56_person.json")
     det_score_threshold: float = 0.0
     input_size: list[int] = field(default_factory=lambda: [256, 192])  # crop (height, width)
     heatmap_stride: int = 4
@@ -74,7 +76,8 @@ class DataConfig:
     clip_detection_boxes: bool = False  # the reference crops from the detector's raw box
     drop_zero_size_boxes: bool = False  # the reference crops boxes of zero width or height
     padding: float = 1.25  # box enlargement before cropping
-    oks_sigmas: Optional[list[float]] = None  # for a keypoint set other than COCO's
+    oks_sigmas: Optional[list[float]] = None  # for keypoints other than COCO's names
+    skip_damaged_images: bool = False  # leave out truncated image files (warned) or refuse
     # Training augmentation, the reference's rules (pose.data.coco.Augmentation).
     flip_prob: float = 0.5
     half_body_prob: float = 0.3
@@ -242,9 +245,12 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        values = yaml.safe_load(path.read_text()) or {}
+        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as error:
         raise ConfigError(f"config file {path} is not valid YAML: {error}") from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte {error.start}: "
+                          f"{error.reason}); is it a YAML file?") from None
     if not isinstance(values, dict):
         raise ConfigError(f"config file {path} must hold a mapping, got {type(values).__name__}")
     base = values.pop("_base_", None)

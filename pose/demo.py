@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Callable, Optional
 
 import cv2
@@ -68,34 +68,56 @@ def parse_boxes(text: str) -> list[tuple[list[float], float]]:
 class DetectionFile:
     """Person boxes for images from a COCO detection results file.
 
-    An image is matched by its ``file_name`` in ``ann_file`` when one is given, else by its
-    file name's number (COCO's convention: 000000000785.jpg is image 785).
+    With ``ann_file``, an image file is matched to the annotation's image entry whose
+    ``file_name`` (a path relative to the images folder) is the end of the file's path, so
+    that ``a/000000.jpg`` and ``b/000000.jpg`` (PoseTrack's per-video frames) stay apart; a file
+    that several entries could name is refused. Without it, the image id is the file name's
+    number (COCO's convention: 000000000785.jpg is image 785), and two files that read as the
+    same id are refused.
     """
 
     def __init__(self, det_file: str | Path, score_threshold: float,
                  ann_file: Optional[str | Path] = None) -> None:
-        self.ids = None
+        self.by_name: Optional[dict[str, list[tuple[tuple[str, ...], int]]]] = None
+        self.numbered: dict[int, Path] = {}
+        ids = None
         if ann_file is not None:
             data = read_json(ann_file, "annotation file")
             if not isinstance(data, dict) or not isinstance(data.get("images"), list):
                 raise DataError(f"annotation file {ann_file} is not in COCO format: it needs "
                                 f"a list 'images'")
             images = check_images(Path(ann_file), data["images"], None)
-            self.ids = {image["file_name"]: image_id for image_id, image in images.items()}
-            self.ids.update({Path(name).name: i for name, i in list(self.ids.items())})
+            self.by_name = {}
+            for image_id, image in images.items():
+                parts = PurePosixPath(image["file_name"].replace("\\", "/")).parts
+                self.by_name.setdefault(parts[-1], []).append((parts, image_id))
+            ids = set(images)
         self.by_image: dict[int, list] = {}
-        for det in read_detection_file(det_file, score_threshold,
-                                       set(self.ids.values()) if self.ids else None):
+        for det in read_detection_file(det_file, score_threshold, ids):
             self.by_image.setdefault(det["image_id"], []).append((det["bbox"], det["score"]))
+        self.ann_file = ann_file
 
     def image_id(self, path: Path) -> int:
-        if self.ids is not None:
-            if path.name not in self.ids:
-                raise DataError(f"{path.name} is not in the annotation file's images")
-            return self.ids[path.name]
+        if self.by_name is not None:
+            parts = path.absolute().parts
+            found = [(names, i) for names, i in self.by_name.get(path.name, [])
+                     if parts[-len(names):] == names]
+            if not found:
+                raise DataError(f"{path} is not in {self.ann_file}: no image's file_name is "
+                                f"the end of its path")
+            if len(found) > 1:
+                names = ", ".join("/".join(n) for n, _ in found[:3])
+                raise PoseError(f"{path} matches {len(found)} images of {self.ann_file} "
+                                f"({names}): their file_name entries must tell them apart")
+            return found[0][1]
         if not path.stem.isdigit():
             raise DataError(f"cannot tell {path.name}'s image id: give --ann-file")
-        return int(path.stem)
+        image_id = int(path.stem)
+        other = self.numbered.setdefault(image_id, path)
+        if other != path:
+            raise PoseError(f"{other} and {path} both read as image id {image_id}: give "
+                            f"--ann-file, whose file_name entries tell them apart")
+        return image_id
 
     def boxes(self, path: Path) -> list[tuple[list[float], float]]:
         return self.by_image.get(self.image_id(path), [])

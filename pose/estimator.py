@@ -90,7 +90,7 @@ def model_from_checkpoint(cfg: Config, checkpoint: str | Path, device: torch.dev
     state = load_checkpoint(checkpoint) if state is None else state
     if num_keypoints is None:
         num_keypoints = len(checkpoint_keypoint_set(state, cfg))
-    model = build_model(cfg.model, num_keypoints)
+    model = build_model(cfg.model, num_keypoints, f"checkpoint {checkpoint}")
     weights = model_weights(state)
     ours = model.state_dict()
     if set(weights) != set(ours) or any(weights[k].shape != ours[k].shape for k in ours):
@@ -100,6 +100,22 @@ def model_from_checkpoint(cfg: Config, checkpoint: str | Path, device: torch.dev
     if cfg.runtime.channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model
+
+
+def rgb_image(image) -> np.ndarray:
+    """An (H, W, 3) uint8 array from what the Python API accepts; anything else is one
+    PoseError saying what was given."""
+    if not isinstance(image, np.ndarray):
+        raise PoseError(f"the image must be a numpy array (H, W, 3) of RGB uint8, not a "
+                        f"{type(image).__name__}")
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    if image.ndim == 2:
+        image = np.repeat(image[:, :, None], 3, axis=2)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 or not image.size:
+        raise PoseError(f"the image must be RGB uint8 of shape (H, W, 3) (or greyscale "
+                        f"(H, W)); got {image.dtype} of shape {image.shape}")
+    return image
 
 
 class PoseEstimator:
@@ -168,9 +184,10 @@ class PoseEstimator:
 
     def __call__(self, image: np.ndarray, boxes: Boxes, image_id: int = 0,
                  batch_size: Optional[int] = None) -> list[dict]:
-        """People in an RGB uint8 (H, W, 3) image: COCO keypoint results (``keypoints`` a flat
-        list of x, y, score in image pixels; ``score`` the rescored person score)."""
-        samples = self.crops_of(image, boxes, image_id)
+        """People in an RGB uint8 (H, W, 3) image (a greyscale (H, W) or (H, W, 1) one is
+        taken as grey RGB): COCO keypoint results (``keypoints`` a flat list of x, y, score in
+        image pixels; ``score`` the rescored person score)."""
+        samples = self.crops_of(rgb_image(image), boxes, image_id)
         if not samples:
             return []
         loader = torch.utils.data.DataLoader(samples,

@@ -7,6 +7,7 @@ file descriptors (so a worker's own traceback would be seen too).
 """
 import copy
 import json
+import re
 import shutil
 
 import cv2
@@ -21,7 +22,7 @@ from pose.engine import runner
 from pose.checkpoint import load_checkpoint
 from pose.errors import DataError, DataWarning
 
-from conftest import run_tool_in_process as run_tool
+from conftest import ROOT, run_tool_in_process as run_tool
 from test_engine import SYNTHETIC_CONFIG, assert_same_run, tiny_overrides
 
 CROWDPOSE_SIGMAS = [.079, .079, .072, .072, .062, .062, .107, .107, .087, .087, .089, .089,
@@ -81,10 +82,10 @@ FILE_CASES = [
     ("not a keypoint category", val_file,
      lambda d: d["categories"].__setitem__(0, {"id": 1, "name": "car"}),
      ["no category names its 'keypoints'"]),
-    ("a 14-keypoint category without sigmas", val_file,
-     lambda d: d["categories"][0].update(keypoints=d["categories"][0]["keypoints"][:14],
-                                         skeleton=[]),
-     ["not COCO's 17", "data.oks_sigmas"]),
+    ("a 14-keypoint category of other names without sigmas", val_file,
+     lambda d: d["categories"][0].update(keypoints=d["categories"][0]["keypoints"][:12]
+                                         + ["head", "neck"], skeleton=[]),
+     ["2 of them not COCO's (head, neck)", "data.oks_sigmas"]),
     ("JSON that is a list", val_file, "[]", ["not in COCO format"]),
     ("not JSON", train_file, "{images: []", ["is not valid JSON"]),
 ]
@@ -159,12 +160,13 @@ def test_missing_and_corrupt_images_are_one_line(data_copy, tmp_path, capfd, wor
                               "--work-dir", work)
     assert_one_line(status, err, ["1 of", "image files are missing", victim.name], work)
     assert not work.exists()  # found before any work starts
-    # a file that is there but is no image: found by the worker that reads it
+    # a file that is there but is no image: found by the load-time check, before any work
     victim.write_bytes(b"not a picture")
     work = tmp_path / "corrupt"
     status, _, err = run_tool(capfd, "train", "--config", SYNTHETIC_CONFIG, *set_args(overrides),
                               "--work-dir", work)
-    assert_one_line(status, err, [f"image file {victim} is unreadable or corrupt"], work)
+    assert_one_line(status, err, [f"image file {victim} (image id", "not a JPEG or PNG"], work)
+    assert not work.exists()
 
 
 def test_bad_detection_file_and_config_mismatch(data_copy, tmp_path, capfd):
@@ -425,3 +427,206 @@ def test_a_worker_error_reaches_the_user_as_its_own_message(synthetic_data):
     # and an error raised directly keeps its text
     assert str(DataError("plain")) == "plain"
     assert copy.copy(DataError("x")).args == ("x",)
+
+
+
+# Real datasets as they come (PoseTrack, CrowdPose, AI Challenger-style files) and the last
+# tracebacks: each case one line or one warning, never a traceback.
+
+def random_checkpoint(tmp_path, overrides):
+    path = tmp_path / "random.pth"
+    torch.save({"model": runner.build_model(load_config(SYNTHETIC_CONFIG, overrides).model)
+                .state_dict()}, path)
+    return path
+
+
+def test_a_posetrack_layout_gives_every_frame_its_own_image_id(synthetic_data, tmp_path, capfd):
+    source = sorted((synthetic_data / "val").iterdir())[:2]
+    images = tmp_path / "images"
+    files = {"001/000000.jpg": 10, "002/000000.jpg": 20}
+    for (name, image_id), picture in zip(files.items(), source):
+        (images / name).parent.mkdir(parents=True)
+        shutil.copy(picture, images / name)
+    height, width = cv2.imread(str(source[0])).shape[:2]
+    ann = {"images": [{"id": i, "file_name": f"images/{n}", "width": width, "height": height}
+                      for n, i in files.items()], "annotations": [],
+           "categories": [{"id": 1, "name": "person"}]}
+    (tmp_path / "ann.json").write_text(json.dumps(ann))
+    dets = [{"image_id": 10, "category_id": 1, "bbox": [5, 5, 30, 60], "score": 0.9},
+            {"image_id": 20, "category_id": 1, "bbox": [10, 8, 40, 70], "score": 0.8},
+            {"image_id": 20, "category_id": 1, "bbox": [50, 8, 40, 70], "score": 0.7}]
+    (tmp_path / "dets.json").write_text(json.dumps(dets))
+    overrides = tiny_overrides(synthetic_data)
+    base = ["--config", SYNTHETIC_CONFIG, *set_args(overrides), "--checkpoint",
+            random_checkpoint(tmp_path, overrides), "--input", images, "--recursive",
+            "--det-file", tmp_path / "dets.json", "--kpt-threshold", "-1"]
+    status, _, err = run_tool(capfd, "demo", *base, "--ann-file", tmp_path / "ann.json",
+                              "--out", tmp_path / "out")
+    assert status == 0, err
+    for name, image_id in files.items():
+        people = json.loads((tmp_path / "out" / f"{name}.json").read_text())
+        assert {p["image_id"] for p in people} == {image_id}
+        assert len(people) == sum(d["image_id"] == image_id for d in dets)
+    # by number alone both frames are image 0: refused, not given one frame's boxes
+    status, _, err = run_tool(capfd, "demo", *base, "--out", tmp_path / "out2")
+    assert_one_line(status, err, ["both read as image id 0", "--ann-file"])
+    # file names that cannot tell two frames apart: refused
+    ann["images"][1]["file_name"] = ann["images"][0]["file_name"] = "000000.jpg"
+    (tmp_path / "ann.json").write_text(json.dumps(ann))
+    status, _, err = run_tool(capfd, "demo", *base, "--ann-file", tmp_path / "ann.json",
+                              "--out", tmp_path / "out3")
+    assert_one_line(status, err, ["matches 2 images of", "must tell them apart"])
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_skeleton_naming_keypoint_16_of_14_loads_with_one_warning(data_copy, tmp_path, capfd,
+                                                                    workers):
+    def crowdpose_with_coco_skeleton(data):
+        to_fourteen_keypoints(data)
+        data["categories"][0]["skeleton"] += [[16, 14], [17, 15]]
+
+    edit(val_file(data_copy), crowdpose_with_coco_skeleton)
+    overrides = tiny_overrides(data_copy, **{"data.num_workers": workers}) + \
+        [f"data.oks_sigmas={CROWDPOSE_SIGMAS}"]
+    with pytest.warns(DataWarning) as warned:
+        status, _, err = run_tool(capfd, "test", "--config", SYNTHETIC_CONFIG,
+                                  *set_args(overrides), "--oracle", "--work-dir", tmp_path / "o")
+    assert status == 0, err
+    (warning,) = [str(w.message) for w in warned]
+    assert "skeleton[14] = [16, 14], skeleton[15] = [17, 15] not drawn" in warning
+    assert json.loads((tmp_path / "o/metrics.json").read_text())["final"]["AP"] == 1.0
+
+
+def test_a_truncated_jpeg_is_named_before_training_or_skipped_when_asked(data_copy, tmp_path,
+                                                                          capfd):
+    images = data_copy / "train_images"
+    shutil.copytree(data_copy / "train", images)
+    victim = sorted(images.iterdir())[5]
+    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
+    assert cv2.imread(str(victim)) is not None  # OpenCV decodes it, half grey
+    capfd.readouterr()  # (and libjpeg says so, without naming the file)
+    overrides = tiny_overrides(data_copy, **{"train.epochs": 1}) + \
+        ["data.train_images=train_images"]
+    work = tmp_path / "refused"
+    status, _, err = run_tool(capfd, "train", "--config", SYNTHETIC_CONFIG, *set_args(overrides),
+                              "--work-dir", work)
+    assert_one_line(status, err, [str(victim), "truncated", "data.skip_damaged_images"], work)
+    assert not work.exists()
+    with pytest.warns(DataWarning, match="skipped 1 damaged image file"):
+        status, out, err = run_tool(capfd, "check_dataset", "--config", SYNTHETIC_CONFIG,
+                                    *set_args(overrides + ["data.skip_damaged_images=true"]),
+                                    "--split", "train")
+    assert status == 0, err
+    assert "skipped 1 damaged image file(s) and their annotations (image ids" in out
+    with pytest.warns(DataWarning, match="skipped 1 damaged image file"):
+        status, _, err = run_tool(capfd, "train", "--config", SYNTHETIC_CONFIG,
+                                  *set_args(overrides + ["data.skip_damaged_images=true"]),
+                                  "--work-dir", tmp_path / "skipped")
+    assert status == 0, err
+
+
+def test_a_negative_width_box_is_skipped_on_both_sides_and_the_oracle_scores_1(
+        coco_sample, tmp_path, capfd):
+    # the real COCO sample at the paper's size, where the oracle is exact
+    shutil.copy(coco_sample / "person_keypoints_sample.json", tmp_path / "ann.json")
+    (tmp_path / "images").symlink_to(coco_sample / "images")
+    edit(tmp_path / "ann.json", lambda d: d["annotations"][2]["bbox"].__setitem__(2, -40.0))
+    ann_id = json.loads((tmp_path / "ann.json").read_text())["annotations"][2]["id"]
+    overrides = [f"data.root={tmp_path}", "data.val_ann=ann.json", "data.val_images=images",
+                 "data.num_workers=0"]
+    with pytest.warns(DataWarning) as warned:
+        status, _, err = run_tool(capfd, "test", "--config",
+                                  ROOT / "configs/coco/mobilenetv2_x0.5_256x192.yaml",
+                                  *set_args(overrides), "--oracle", "--work-dir", tmp_path / "o")
+    assert status == 0, err
+    (warning,) = [str(w.message) for w in warned]
+    assert f"skipped 1 annotation(s) with a 'bbox' of negative or no size (annotation ids " \
+           f"{ann_id})" in warning
+    assert json.loads((tmp_path / "o/metrics.json").read_text())["final"]["AP"] == 1.0
+
+
+def test_check_dataset_counts_keypoints_outside_their_box(data_copy, capfd):
+    def move_out(data):
+        for ann in data["annotations"][:2]:
+            x, y, w, h = ann["bbox"]
+            ann["keypoints"][0:2] = [x + w + 5, y]  # nose right of the box
+            ann["keypoints"][2] = 2
+            ann["keypoints"][3:5] = [x, y - 3]  # left eye above it
+            ann["keypoints"][5] = 2
+
+    edit(val_file(data_copy), move_out)
+    status, out, err = run_tool(capfd, "check_dataset", "--ann-file", val_file(data_copy))
+    assert status == 0, err
+    assert "4 labelled keypoint(s) of 2 people lie outside their person's box" in out
+
+
+def test_the_last_tracebacks_are_one_line(data_copy, tmp_path, capfd):
+    overrides = tiny_overrides(data_copy)
+    binary = tmp_path / "config.yaml"
+    binary.write_bytes(b"\xff\xfe\x00model: x")
+    status, _, err = run_tool(capfd, "train", "--config", binary, "--work-dir", tmp_path / "w")
+    assert_one_line(status, err, [str(binary), "not UTF-8 text"])
+
+    picture = sorted((data_copy / "val").iterdir())[0]
+    occupied = tmp_path / "taken.txt"
+    occupied.write_text("mine")
+    status, _, err = run_tool(capfd, "demo", "--config", SYNTHETIC_CONFIG, *set_args(overrides),
+                              "--checkpoint", random_checkpoint(tmp_path, overrides), "--input",
+                              picture, "--out", occupied)
+    assert_one_line(status, err, ["--out", "is a file"])
+    assert occupied.read_text() == "mine"
+
+    edit(train_file(data_copy), lambda d: d.__setitem__("annotations", []))
+    status, out, err = run_tool(capfd, "check_dataset", "--config", SYNTHETIC_CONFIG,
+                                *set_args(overrides), "--split", "train")
+    assert_one_line(status, err, ["no usable person to train on", "0 annotations"])
+    status, _, err = run_tool(capfd, "train", "--config", SYNTHETIC_CONFIG, *set_args(overrides),
+                              "--work-dir", tmp_path / "empty")
+    assert_one_line(status, err, ["training file", "has no usable person"])
+
+
+def test_greyscale_arrays_work_in_the_python_api_and_other_arrays_are_refused(
+        synthetic_data, tmp_path):
+    from pose.errors import PoseError
+    from pose.estimator import PoseEstimator
+
+    overrides = tiny_overrides(synthetic_data)
+    cfg = load_config(SYNTHETIC_CONFIG, overrides)
+    estimator = PoseEstimator.from_checkpoint(cfg, random_checkpoint(tmp_path, overrides))
+    rgb = cv2.cvtColor(cv2.imread(str(sorted((synthetic_data / "val").iterdir())[0])),
+                       cv2.COLOR_BGR2GRAY)
+    boxes = [([5, 5, 40, 80], 0.9)]
+    grey = estimator(rgb, boxes)
+    assert grey == estimator(np.repeat(rgb[:, :, None], 3, axis=2), boxes)
+    assert grey == estimator(rgb[:, :, None], boxes)
+    for bad, words in [(rgb.astype(np.float32), "float32"), (np.zeros((4, 4, 4), np.uint8),
+                                                            "(4, 4, 4)"), ([[1]], "list")]:
+        with pytest.raises(PoseError, match=re.escape(words)):
+            estimator(bad, boxes)
+
+
+def test_messages_name_the_checkpoint_and_det_file_may_be_null(data_copy, tmp_path, capfd):
+    for path in (train_file(data_copy), val_file(data_copy)):
+        edit(path, to_fourteen_keypoints)
+    overrides = tiny_overrides(data_copy, **{"train.epochs": 1}) + \
+        [f"data.oks_sigmas={CROWDPOSE_SIGMAS}"]
+    status, _, err = run_tool(capfd, "train", "--config", SYNTHETIC_CONFIG, *set_args(overrides),
+                              "--work-dir", tmp_path / "run")
+    assert status == 0, err
+    picture = sorted((data_copy / "val").iterdir())[0]
+    status, _, err = run_tool(capfd, "demo", "--config", SYNTHETIC_CONFIG,
+                              *set_args(overrides + ["model.num_keypoints=17"]), "--checkpoint",
+                              tmp_path / "run/best.pth", "--input", picture, "--out",
+                              tmp_path / "demo")
+    assert_one_line(status, err, ["model.num_keypoints': 17", "but checkpoint",
+                                  "has 14 keypoints"])
+    assert "the data" not in err
+    nulled = overrides + ["data.det_file=null"]
+    status, _, err = run_tool(capfd, "test", "--config", SYNTHETIC_CONFIG, *set_args(nulled),
+                              "--checkpoint", tmp_path / "run/best.pth", "--work-dir",
+                              tmp_path / "t")
+    assert status == 0, err  # the synthetic config evaluates on GT boxes
+    status, _, err = run_tool(capfd, "test", "--config", SYNTHETIC_CONFIG,
+                              *set_args(nulled + ["eval.use_gt_boxes=false"]), "--checkpoint",
+                              tmp_path / "run/best.pth", "--work-dir", tmp_path / "t2")
+    assert_one_line(status, err, ["data.det_file is null", "eval.use_gt_boxes"])

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from pose.data.heatmap import HeatmapCodec
-from pose.data.keypoints import (COCO_KEYPOINTS, FLIP_PAIRS, KEYPOINT_NAMES, KeypointSet,
-                                 flip_permutation)
-from pose.errors import DataError
+from pose.data.keypoints import (COCO_KEYPOINTS, FLIP_PAIRS, KEYPOINT_NAMES, OKS_SIGMAS,
+                                 KeypointSet, flip_permutation)
+from pose.errors import DataError, DataWarning
 from pose.data.transforms import (apply_affine, box_to_center_scale, crop_matrix, invert_affine,
                                   warp)
 
@@ -32,7 +32,8 @@ def test_a_keypoint_set_from_a_category_of_other_names():
              "right_ankle", "head", "neck"]
     category = {"id": 1, "name": "person", "keypoints": names,
                 "skeleton": [[13, 14], [14, 1], [14, 2], [1, 3]]}
-    with pytest.raises(DataError, match=r"data.oks_sigmas: a list of 14"):
+    with pytest.raises(DataError, match=r"2 of them not COCO's \(head, neck\).*a list of 14 "
+                                        r"numbers.*data.oks_sigmas.*--oks-sigmas"):
         KeypointSet.from_category(category, "crowdpose.json")
     sigmas = [0.079] * 12 + [0.026, 0.026]
     keypoint_set = KeypointSet.from_category(category, "crowdpose.json", sigmas)
@@ -43,14 +44,14 @@ def test_a_keypoint_set_from_a_category_of_other_names():
     assert keypoint_set.skeleton == ((12, 13), (13, 0), (13, 1), (0, 2))
     assert keypoint_set.lower_body == tuple(range(6, 12))
     assert KeypointSet.from_dict(keypoint_set.to_dict()) == keypoint_set
+
     # other spellings of the sides: l_/r_ prefixes and _left/_right suffixes
     other = KeypointSet(("l_ankle", "r_ankle", "wrist_left", "wrist_right", "pelvis"), (),
                         (0.1,) * 5)
     assert list(other.flip_permutation()) == [1, 0, 3, 2, 4]
     for bad, message in (({"id": 1, "keypoints": []}, "non-empty list"),
                          ({"id": 1, "keypoints": ["a", "a"]}, "twice"),
-                         ({"id": 1, "keypoints": ["a", "b"], "skeleton": [[1, 3]]},
-                          r"skeleton\[0\]")):
+                         ({"id": 1, "keypoints": 3}, "non-empty list")):
         with pytest.raises(DataError, match=message):
             KeypointSet.from_category(bad, "f.json", [0.1, 0.1])
 
@@ -69,6 +70,26 @@ def test_flipping_keypoints_twice_is_identity(geometry, mirror):
     # mirroring the mirrored crop again gives the plain crop back
     twice = (mirror - once[:, 0])[perm]
     np.testing.assert_allclose(twice, apply_affine(keypoints, plain)[:, 0], atol=1e-9)
+
+
+def test_any_subset_of_coco_names_takes_coco_sigmas_by_name():
+    names = [KEYPOINT_NAMES[j] for j in (16, 0, 5, 6, 11, 12, 13, 14, 15, 7, 8, 9, 10)]
+    keypoint_set = KeypointSet.from_category({"id": 1, "keypoints": names}, "subset.json")
+    assert keypoint_set.sigmas == tuple(float(OKS_SIGMAS[KEYPOINT_NAMES.index(n)])
+                                        for n in names)
+
+
+def test_a_skeleton_entry_outside_the_keypoints_is_dropped_with_one_warning():
+    names = list(KEYPOINT_NAMES[:14])
+    category = {"id": 1, "keypoints": names,
+                "skeleton": [[1, 2], [16, 14], [2, 3], [17, 15], "x", [0, 1]]}
+    with pytest.warns(DataWarning) as caught:
+        keypoint_set = KeypointSet.from_category(category, "crowdpose.json")
+    assert len(caught) == 1
+    message = str(caught[0].message)
+    assert "skeleton[1] = [16, 14], skeleton[3] = [17, 15], skeleton[4] = 'x' and 1 more" in message
+    assert "crowdpose.json" in message and "1..14" in message
+    assert keypoint_set.skeleton == ((0, 1), (1, 2))
 
 
 def test_flipping_heatmaps_back_twice_is_identity():

@@ -19,8 +19,7 @@ from pose.demo import (DetectionFile, TorchvisionPersonDetector, annotate_video,
                        write_picture)
 from pose.data.coco import read_rgb
 from pose.errors import DataError, PoseError
-from pose.estimator import resolve_device
-from pose.estimator import PoseEstimator
+from pose.estimator import PoseEstimator, resolve_device
 from pose.utils import atomic_write_json
 
 
@@ -54,6 +53,8 @@ def main(argv=None) -> int:
         raise PoseError("--ann-file maps file names to image ids for --det-file; give both")
     inputs = list_inputs(args.input, args.recursive)
     root, out = Path(args.input), Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise PoseError(f"--out {out} is a file; the demo writes a folder of pictures and JSON")
     if any(out.resolve() == p.parent.resolve() for p in inputs):
         raise PoseError(f"--out {out} is the input folder: the pictures would overwrite the "
                         f"inputs; choose another folder")
@@ -81,14 +82,22 @@ def main(argv=None) -> int:
 
     pictures, videos, skipped = 0, 0, []
     images = [p for p in inputs if not is_video(p)]
-    for index, path in enumerate(tqdm(images, desc="demo", disable=len(images) < 2)):
+    # Image ids first: a file name that two images share is refused before any inference.
+    image_ids = {}
+    for index, path in enumerate(images):
+        try:
+            image_ids[path] = detections.image_id(path) if detections else index
+        except DataError as error:
+            skipped.append(f"{path}: {error}")
+    for path in tqdm([p for p in images if p in image_ids], desc="demo",
+                     disable=len(images) < 2):
         try:
             image = read_rgb(path)
-            image_id = detections.image_id(path) if detections else index
             boxes = boxes_of(image, path)
         except DataError as error:
             skipped.append(f"{path}: {error}")
             continue
+        image_id = image_ids[path]
         people = estimator(image, boxes, image_id)
         if not people:
             print(f"{path}: no person ({len(boxes)} box(es) given, none kept)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from pose.config import Config
+from pose.config import Config, ConfigError
 from pose.data.coco import Augmentation, CropSettings, TopDownCocoDataset
 from pose.data.heatmap import HeatmapCodec
 
@@ -42,10 +42,15 @@ def build_dataset(cfg: Config, train: bool, use_gt_boxes: Optional[bool] = None,
         return TopDownCocoDataset(data_path(cfg, d.train_ann), data_path(cfg, d.train_images),
                                   make_codec(cfg), train=True, augmentation=augmentation(cfg),
                                   crops=crop_settings(cfg), seed=cfg.runtime.seed,
-                                  sigmas=d.oks_sigmas)
+                                  sigmas=d.oks_sigmas,
+                                  skip_damaged_images=d.skip_damaged_images)
     gt_boxes = cfg.eval.use_gt_boxes if use_gt_boxes is None else use_gt_boxes
-    boxes = None if gt_boxes else str(data_path(cfg, det_file or d.det_file))
+    det_file = det_file or d.det_file
+    if not gt_boxes and not det_file:
+        raise ConfigError("evaluation on detector boxes needs a detection file, and "
+                          "data.det_file is null: set it, or eval.use_gt_boxes: true")
+    boxes = None if gt_boxes else str(data_path(cfg, det_file))
     return TopDownCocoDataset(data_path(cfg, d.val_ann), data_path(cfg, d.val_images),
                               make_codec(cfg), train=False, det_file=boxes,
                               det_score_threshold=d.det_score_threshold, crops=crop_settings(cfg),
-                              sigmas=d.oks_sigmas)
+                              sigmas=d.oks_sigmas, skip_damaged_images=d.skip_damaged_images)

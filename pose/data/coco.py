@@ -45,12 +45,15 @@ def read_json(path: str | Path, what: str) -> Any:
 
 
 def load_keypoint_file(path: str | Path, image_dir: Optional[str | Path] = None,
-                       sigmas: Optional[Sequence[float]] = None) -> tuple[COCO, DataReport]:
+                       sigmas: Optional[Sequence[float]] = None,
+                       skip_damaged_images: bool = False) -> tuple[COCO, DataReport]:
     """A COCO keypoint file, checked (``pose.data.validate``; with ``image_dir``, every image
-    file looked up) and indexed by pycocotools. What was repaired or skipped is one warning."""
+    file looked up and checked whole) and indexed by pycocotools. What was repaired or skipped
+    is one warning."""
     path = Path(path)
     data = read_json(path, "annotation file")
-    report = check_keypoint_file(path, data, Path(image_dir) if image_dir else None, sigmas)
+    report = check_keypoint_file(path, data, Path(image_dir) if image_dir else None, sigmas,
+                                 skip_damaged_images)
     if report.warning():
         warnings.warn(report.warning(), DataWarning)
     coco = COCO()
@@ -174,6 +177,8 @@ class TopDownCocoDataset(Dataset):
         det_file: evaluation boxes from this detection results file instead of GT boxes.
         sigmas: OKS sigmas of a keypoint set other than COCO's (``data.oks_sigmas``).
         crops: how boxes become crops (default: the reference's, at the codec's input size).
+        skip_damaged_images: leave out image files that are truncated or not images (and
+            their people) with a warning, instead of refusing the file.
         augmentation: training augmentation settings.
         seed: base seed; sample i of epoch e is augmented with a generator seeded by
             (seed, e, i), so results do not depend on worker count or order.
@@ -191,11 +196,12 @@ class TopDownCocoDataset(Dataset):
                  det_file: Optional[str] = None, det_score_threshold: float = 0.0,
                  augmentation: Optional[Augmentation] = None,
                  crops: Optional[CropSettings] = None, seed: int = 0,
-                 sigmas: Optional[Sequence[float]] = None) -> None:
+                 sigmas: Optional[Sequence[float]] = None,
+                 skip_damaged_images: bool = False) -> None:
         self.ann_file, self.image_dir = Path(ann_file), Path(image_dir)
         folder = self.image_dir.is_dir()
         self.coco, self.report = load_keypoint_file(ann_file, image_dir if folder else None,
-                                                    sigmas)
+                                                    sigmas, skip_damaged_images)
         if not folder:
             raise DataError(f"image folder not found: {self.image_dir}")
         self.keypoint_set = self.report.keypoint_set

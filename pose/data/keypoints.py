@@ -6,20 +6,24 @@ reads them from there, so a CrowdPose- or AIC-style file with 14 keypoints works
 17. What a file does not say is derived from the names:
 - flip pairs: ``left_x`` <-> ``right_x`` (also ``l_x``/``r_x`` and ``x_left``/``x_right``);
 - the lower body (half-body augmentation): names with hip, knee, ankle, foot, heel or toe;
-- OKS sigmas: COCO's for COCO's 17 names, else given (``data.oks_sigmas``): a per-keypoint
-  constant of the evaluation metric has no default that would be honest.
+- OKS sigmas: COCO's for COCO's names (all 17 or any of them), else given
+  (``data.oks_sigmas``): a per-keypoint constant of the evaluation metric has no default that
+  would be honest.
+The skeleton is only drawn: an entry that does not fit the keypoints (a CrowdPose file keeps
+a 17-joint skeleton beside its 14 names) is dropped with one warning naming it.
 A checkpoint stores its set (:meth:`to_dict`), so the demo draws the skeleton it was trained
 with, without the data.
 """
 from __future__ import annotations
 
 import re
+import warnings
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from pose.errors import DataError
+from pose.errors import DataError, DataWarning
 
 KEYPOINT_NAMES = (
     "nose", "left_eye", "right_eye", "left_ear", "right_ear",
@@ -82,19 +86,29 @@ class KeypointSet:
             raise DataError(f"{where}: 'keypoints' must be a non-empty list of keypoint names")
         if len(set(names)) != len(names):
             raise DataError(f"{where}: 'keypoints' names a keypoint twice")
-        skeleton = []
-        for i, limb in enumerate(category.get("skeleton") or []):
+        skeleton, dropped = [], []
+        entries = category.get("skeleton") or []
+        for i, limb in enumerate(entries if isinstance(entries, list) else [entries]):
             if not (isinstance(limb, (list, tuple)) and len(limb) == 2
                     and all(isinstance(j, int) and 1 <= j <= len(names) for j in limb)):
-                raise DataError(f"{where}: skeleton[{i}] = {limb!r} is not a pair of 1-based "
-                                f"keypoint numbers in 1..{len(names)}")
+                dropped.append(f"skeleton[{i}] = {limb!r}")
+                continue
             skeleton.append((limb[0] - 1, limb[1] - 1))
+        if dropped:
+            more = f" and {len(dropped) - 3} more" if len(dropped) > 3 else ""
+            warnings.warn(f"{where}: {', '.join(dropped[:3])}{more} not drawn: a skeleton "
+                          f"entry is a pair of keypoint numbers in 1..{len(names)}",
+                          DataWarning)
         if sigmas is None:
-            if tuple(names) != KEYPOINT_NAMES:
-                raise DataError(f"{where} names {len(names)} keypoints that are not COCO's 17: "
-                                f"their OKS sigmas must be given (data.oks_sigmas: a list of "
-                                f"{len(names)} numbers, e.g. the dataset's own)")
-            sigmas = OKS_SIGMAS
+            unknown = [n for n in names if n not in KEYPOINT_NAMES]
+            if unknown:
+                raise DataError(f"{where} names {len(names)} keypoints, {len(unknown)} of them "
+                                f"not COCO's ({', '.join(unknown[:3])}"
+                                f"{', ...' if len(unknown) > 3 else ''}): their OKS sigmas "
+                                f"must be given, a list of {len(names)} numbers such as the "
+                                f"dataset's own (config key data.oks_sigmas; "
+                                f"tools/check_dataset.py --oks-sigmas)")
+            sigmas = [OKS_SIGMAS[KEYPOINT_NAMES.index(n)] for n in names]
         if len(sigmas) != len(names):
             raise DataError(f"data.oks_sigmas has {len(sigmas)} values; {where} names "
                             f"{len(names)} keypoints")

@@ -55,6 +55,9 @@ class DataReport:
     repaired: Counter = field(default_factory=Counter)
     skipped: Counter = field(default_factory=Counter)
     skipped_ids: dict = field(default_factory=dict)  # reason -> annotation ids
+    skip_images: list = field(default_factory=list)  # ids of damaged image files skipped
+    # labelled keypoints outside their person's box, and the people they belong to
+    outside_box: list = field(default_factory=lambda: [0, 0])
     filtered: Counter = field(default_factory=Counter)  # the reference's filters, not faults
     assumed: Optional[str] = None  # what the file left open and the loader assumed
 
@@ -63,8 +66,15 @@ class DataReport:
         parts = [f"repaired {n} annotation(s) {what}" for what, n in self.repaired.items()]
         parts += [f"skipped {n} annotation(s) {what}{self._ids(what)}"
                   for what, n in self.skipped.items()]
+        parts += [self._images_line()] if self.skip_images else []
         parts += [self.assumed] if self.assumed else []
         return f"{self.path}: " + "; ".join(parts) if parts else None
+
+    def _images_line(self, shown: int = 5) -> str:
+        ids = self.skip_images
+        more = f" and {len(ids) - shown} more" if len(ids) > shown else ""
+        return (f"skipped {len(ids)} damaged image file(s) and their annotations (image ids "
+                f"{', '.join(map(str, ids[:shown]))}{more})")
 
     def _ids(self, reason: str, shown: int = 5) -> str:
         ids = self.skipped_ids.get(reason, [])
@@ -72,6 +82,9 @@ class DataReport:
             return ""
         more = f" and {len(ids) - shown} more" if len(ids) > shown else ""
         return f" (annotation ids {', '.join(map(str, ids[:shown]))}{more})"
+
+    def skip_image(self, image_id) -> None:
+        self.skip_images.append(image_id)
 
     def skip(self, reason: str, ann_id) -> None:
         self.skipped[reason] += 1
@@ -88,6 +101,12 @@ class DataReport:
                       for name, count in zip(self.keypoint_set.names, self.labelled)]
         if self.assumed:
             lines.append(f"  assumed: {self.assumed}")
+        if self.skip_images:
+            lines.append(f"  {self._images_line()}")
+        if self.outside_box[0]:
+            lines.append(f"  {self.outside_box[0]} labelled keypoint(s) of {self.outside_box[1]} "
+                         f"people lie outside their person's box (a crop from the box may cut "
+                         f"them off, and evaluation then misses them)")
         for title, counter in (("repaired", self.repaired), ("skipped", self.skipped),
                                ("not used (as the reference)", self.filtered)):
             lines += [f"  {title}: {n} annotation(s) {what}"
@@ -112,6 +131,31 @@ def _missing_files(path: Path, image_dir: Path, images: list[dict]) -> None:
         file, image_id = missing[0]
         raise DataError(f"{path}: {len(missing)} of {len(images)} image files are missing, "
                         f"e.g. {file} (image id {image_id})")
+
+
+# Where a complete file of each format ends: JPEG's end-of-image marker, PNG's last chunk.
+_IMAGE_ENDS = {b"\xff\xd8\xff": b"\xff\xd9", b"\x89PNG\r\n\x1a\n": b"IEND\xaeB`\x82"}
+_JPEG_OR_PNG = {".jpg", ".jpeg", ".png"}
+
+
+def damaged_image(file: Path, tail: int = 4096) -> Optional[str]:
+    """Why an image file cannot be trusted, or None. A JPEG or PNG must start with its
+    format's signature and hold its end marker in its last ``tail`` bytes: OpenCV decodes a
+    truncated file without an error, filling the missing part with grey. Costs two small
+    reads per file; other formats are not looked into."""
+    if file.suffix.lower() not in _JPEG_OR_PNG:
+        return None
+    try:
+        with open(file, "rb") as f:
+            head = f.read(8)
+            f.seek(max(f.seek(0, os.SEEK_END) - tail, 0))
+            end = f.read()
+    except OSError as error:
+        return f"unreadable ({error.strerror})"
+    for signature, marker in _IMAGE_ENDS.items():
+        if head.startswith(signature):
+            return None if marker in end else "truncated (its end marker is missing)"
+    return "not a JPEG or PNG file (its first bytes are no image signature)"
 
 
 def _keypoint_category(path: Path, categories: list, sigmas,
@@ -210,13 +254,42 @@ def _check_annotation(where: str, ann: dict, num_keypoints: int,
         report.skip("with a 'bbox' of negative or no size", ann["id"])
         return None
     report.labelled += labelled
+    xs = np.asarray(keypoints[0::3], dtype=np.float64)[labelled]
+    ys = np.asarray(keypoints[1::3], dtype=np.float64)[labelled]
+    outside = int(((xs < box[0]) | (xs > box[0] + box[2]) | (ys < box[1])
+                   | (ys > box[1] + box[3])).sum())
+    if outside:
+        report.outside_box[0] += outside
+        report.outside_box[1] += 1
     return True
 
 
+def _damaged_images(path: Path, image_dir: Path, images: dict[int, dict], skip: bool,
+                    report: DataReport) -> set[int]:
+    """Ids of the damaged image files (``damaged_image``): one DataError naming the first,
+    unless ``skip``, where they are counted in the report instead."""
+    damaged = {}
+    for image_id, image in images.items():
+        reason = damaged_image(image_dir / image["file_name"])
+        if reason:
+            damaged[image_id] = reason
+    if damaged and not skip:
+        image_id, reason = next(iter(damaged.items()))
+        more = f" ({len(damaged) - 1} more damaged)" if len(damaged) > 1 else ""
+        raise DataError(f"{path}: image file {image_dir / images[image_id]['file_name']} "
+                        f"(image id {image_id}) is {reason}{more}; set "
+                        f"data.skip_damaged_images: true to go on without such images")
+    for image_id in damaged:
+        report.skip_image(image_id)
+    return set(damaged)
+
+
 def check_keypoint_file(path: Path, data: Any, image_dir: Optional[Path] = None,
-                        sigmas: Optional[Sequence[float]] = None) -> DataReport:
+                        sigmas: Optional[Sequence[float]] = None,
+                        skip_damaged_images: bool = False) -> DataReport:
     """Check (and repair in place) a loaded COCO keypoint file; ``image_dir``: also look up
-    every image file. Returns the report; raises DataError on the first fault."""
+    every image file and check that it is whole (``damaged_image``). Returns the report;
+    raises DataError on the first fault. What is skipped is removed from ``data``."""
     if not isinstance(data, dict):
         raise DataError(f"{path} is not in COCO format (top level is a {type(data).__name__}, "
                         f"not an object)")
@@ -228,6 +301,10 @@ def check_keypoint_file(path: Path, data: Any, image_dir: Optional[Path] = None,
     report.labelled = np.zeros(len(report.keypoint_set), dtype=np.int64)
     images = check_images(path, data["images"], image_dir)
     report.images = len(images)
+    damaged = _damaged_images(path, image_dir, images, skip_damaged_images, report) \
+        if image_dir is not None else set()
+    if damaged:
+        data["images"] = [image for image in data["images"] if image["id"] not in damaged]
     seen: set[int] = set()
     kept = []
     for j, ann in enumerate(data["annotations"]):
@@ -237,6 +314,8 @@ def check_keypoint_file(path: Path, data: Any, image_dir: Optional[Path] = None,
         if ann.get("image_id") not in images:
             raise DataError(f"{where}: 'image_id' {ann.get('image_id')!r} names no image of "
                             f"the file")
+        if ann["image_id"] in damaged:
+            continue
         where += f" (image {ann['image_id']})"
         kept.append(ann)
         if ann.get("category_id") != report.keypoint_set.category_id:

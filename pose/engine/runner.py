@@ -144,6 +144,10 @@ def _train(cfg: Config, work_dir: Path, resume: bool, device: torch.device,
                                cfg.runtime.seed, device)
     val_loader = make_loader(val_set, cfg.eval.batch_size, False, info, cfg.data.num_workers,
                              cfg.runtime.seed, device)
+    if not len(train_set):
+        raise DataError(f"training file {train_set.ann_file} has no usable person "
+                        f"({train_set.report.annotations} annotations; "
+                        f"tools/check_dataset.py says why)")
     if len(train_loader) == 0:
         raise PoseError(f"training set {train_set.ann_file} yields no batch of {t.batch_size}")
     iters_per_epoch = min(len(train_loader), t.max_iters_per_epoch or len(train_loader))

@@ -24,17 +24,19 @@ class TopDownPoseNet(nn.Module):
         return self.head(self.backbone(x))
 
 
-def build_model(cfg: ModelConfig, num_keypoints: Optional[int] = None) -> nn.Module:
+def build_model(cfg: ModelConfig, num_keypoints: Optional[int] = None,
+                source: str = "the data") -> nn.Module:
     """The pose network, or (``type: classifier``) an ImageNet-style MobileNetV2 classifier.
 
-    Heatmaps: ``num_keypoints`` (the data's keypoint set), else ``cfg.num_keypoints``, else
-    COCO's 17; the two must agree where both are given."""
+    Heatmaps: ``num_keypoints`` (the keypoint set of ``source``: the data, or a checkpoint),
+    else ``cfg.num_keypoints``, else COCO's 17; the two must agree where both are given."""
     b = cfg.backbone
     if cfg.type == "classifier":
         return MobileNetV2(b.width_mult, b.act, final_conv=True, num_classes=cfg.num_classes)
     if num_keypoints and cfg.num_keypoints and num_keypoints != cfg.num_keypoints:
-        raise ConfigError(f"config key 'model.num_keypoints': {cfg.num_keypoints}, but the data "
-                          f"has {num_keypoints} keypoints (leave it unset to follow the data)")
+        raise ConfigError(f"config key 'model.num_keypoints': {cfg.num_keypoints}, but {source} "
+                          f"has {num_keypoints} keypoints (leave it unset to follow "
+                          f"{'the data' if source == 'the data' else 'it'})")
     backbone = MobileNetV2(b.width_mult, b.act, final_conv=b.final_conv)
     h = cfg.head
     head = UpsampleIRHead(backbone.out_channels, h.channels, h.blocks_per_stage, h.expand_ratio,
