@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-# Four real COCO val2017 images with their keypoints and detector boxes (tests/data/coco_sample/README.md).
+# Four real COCO val2017 images, their keypoints and detector boxes (its README says whence).
 COCO_SAMPLE = ROOT / "tests" / "data" / "coco_sample"
 
 
