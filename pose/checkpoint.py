@@ -1,7 +1,10 @@
 """Checkpoints written atomically and loaded with ``weights_only=True``.
 
-A training checkpoint holds: model, optimizer, scheduler, scaler, epoch (completed), best_ap,
-best_epoch, rng (torch, CUDA, numpy and Python states as plain lists) and config.
+A training checkpoint holds: model, optimizer, scheduler, scaler, epoch (completed),
+best_score (the task's metric: AP, or top-1; ``best_ap`` in older ones), best_epoch, rng
+(torch, CUDA, numpy and Python states as plain lists), config, and what the task adds (the
+keypoint set, or the class names). ``load_backbone`` starts a pose backbone from a
+classifier's checkpoint.
 """
 from __future__ import annotations
 
@@ -58,3 +61,41 @@ def set_rng_state(state: dict[str, Any]) -> None:
     np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
+
+
+def load_backbone(backbone: torch.nn.Module, template: str, backbone_cfg) -> Path:
+    """Load the backbone weights of a classifier checkpoint (``tools/train.py`` on a
+    ``model.type: classifier`` config) into a pose model's ``backbone``: ``template`` is the
+    path, where ``{backbone}`` stands for the backbone activation's name (one file per grid
+    row). The checkpoint's width and activation must be ours, and its backbone tensors our
+    backbone's, key for key and shape for shape; anything else is one ConfigError naming the
+    key and both values."""
+    from pose.activation_spec import activation_name, resolved_activation
+    from pose.config import ConfigError
+
+    path = Path(template.format(backbone=activation_name(backbone_cfg.act)))
+    state = load_checkpoint(path)
+    where = f"model.backbone.init {path}"
+    stored = ((state.get("config") or {}).get("model") or {}) if isinstance(state, dict) else {}
+    theirs = stored.get("backbone") or {}
+    for key, ours, same in (
+            ("width_mult", backbone_cfg.width_mult, lambda a, b: float(a) == float(b)),
+            ("act", backbone_cfg.act,
+             lambda a, b: resolved_activation(a) == resolved_activation(b))):
+        if key in theirs and not same(theirs[key], ours):
+            raise ConfigError(f"{where}: model.backbone.{key} is {theirs[key]!r} there, "
+                              f"{ours!r} here")
+    weights = {k: v for k, v in model_weights(state).items() if not k.startswith("classifier.")}
+    expected = backbone.state_dict()
+    for key, value in expected.items():
+        if key not in weights:
+            raise ConfigError(f"{where}: no tensor {key!r} (shape {tuple(value.shape)} here)")
+        if weights[key].shape != value.shape:
+            raise ConfigError(f"{where}: {key!r} has shape {tuple(weights[key].shape)} there, "
+                              f"{tuple(value.shape)} here")
+    extra = sorted(set(weights) - set(expected))
+    if extra:
+        raise ConfigError(f"{where}: tensor {extra[0]!r} has no place in this backbone"
+                          f"{f' ({len(extra) - 1} more)' if len(extra) > 1 else ''}")
+    backbone.load_state_dict(weights)
+    return path

@@ -36,6 +36,8 @@ class BackboneConfig:
     width_mult: float = 0.5
     act: Any = "relu"  # activation slot spec, see pose.models.activations
     final_conv: bool = True  # keep MobileNetV2's last 1x1 conv (1280 channels), as mmpose
+    # pose: start from a classifier checkpoint's backbone ({backbone}: the activation's name)
+    init: Optional[str] = None
 
 
 @dataclass
@@ -48,11 +50,12 @@ class HeadConfig:
 
 @dataclass
 class ModelConfig:
-    type: str = "pose"  # "pose" (TopDownPoseNet) or "classifier" (complexity checks only)
+    type: str = "pose"  # "pose" (TopDownPoseNet) or "classifier" (ImageNet-style MobileNetV2)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     head: HeadConfig = field(default_factory=HeadConfig)
     num_keypoints: Optional[int] = None  # None: the data's keypoint set (checked if given)
-    num_classes: int = 1000  # classifier only
+    num_classes: Optional[int] = None  # classifier: None = the data's class folders (1000)
+    dropout: float = 0.2  # classifier: before its last linear layer
 
 
 @dataclass
@@ -89,7 +92,13 @@ class DataConfig:
     rotation_prob: float = 0.6
     photometric: bool = False  # albumentations colour jitter (the reference has none)
     num_workers: int = 4
-    image_size: list[int] = field(default_factory=lambda: [224, 224])  # classifier only (h, w)
+    # Classifier only (pose.data.classification): train_images and val_images are folders of
+    # class folders.
+    image_size: list[int] = field(default_factory=lambda: [224, 224])  # crop (h, w)
+    crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])  # of the image area
+    color_jitter: float = 0.4  # brightness, contrast and saturation
+    mixup_alpha: float = 0.0  # MixUp's Beta(alpha, alpha); 0 = off
+    val_resize: int = 256  # shorter side before the centre crop
 
 
 @dataclass

@@ -88,6 +88,8 @@ def model_from_checkpoint(cfg: Config, checkpoint: str | Path, device: torch.dev
 
     checkpoint = Path(checkpoint)
     state = load_checkpoint(checkpoint) if state is None else state
+    if cfg.model.type == "classifier" and not cfg.model.num_classes and state.get("classes"):
+        cfg.model.num_classes = len(state["classes"])  # the classes it was trained on
     if num_keypoints is None:
         num_keypoints = len(checkpoint_keypoint_set(state, cfg))
     model = build_model(cfg.model, num_keypoints, f"checkpoint {checkpoint}")

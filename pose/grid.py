@@ -56,12 +56,13 @@ SLOWDOWN = {"dyrelu_a": 0.25, "dyrelu_b": 0.3, "dyrelu_c": 0.45, "se_relu": 0.1,
 
 def estimated_cost(cell: "Cell") -> float:
     return 1.0 + sum(SLOWDOWN.get(parse_activation(spec)[0], 0.0)
-                     for spec in (cell.backbone, cell.head))
+                     for spec in (cell.backbone, cell.head) if spec is not None)
 
 
 @dataclass
 class Cell:
-    """One training run of the grid: a (backbone, head) pairing with one seed."""
+    """One training run of the grid: a (backbone, head) pairing with one seed (a classifier's
+    run: its activation as ``backbone``, no head)."""
     backbone: Any
     head: Any
     folder: Path
@@ -103,9 +104,17 @@ def grid_seeds(cfg: Config, seeds: Optional[int] = None) -> list[int]:
 
 
 def make_cells(acts: Sequence[Any], out: Path, overrides: Sequence[str],
-               seeds: Sequence[int] = (0,)) -> list[Cell]:
-    """The runs, pairing-major then seed (a pairing's seeds side by side)."""
+               seeds: Sequence[int] = (0,), classifier: bool = False) -> list[Cell]:
+    """The runs, pairing-major then seed (a pairing's seeds side by side). A classifier has
+    no head: one run per activation (Table 1), in OUT/<activation>/seed_<s>."""
     cells = []
+    if classifier:
+        for act in acts:
+            for seed in seeds:
+                cells.append(Cell(act, None, out / act_label(act) / f"seed_{seed}",
+                                  list(overrides) + [f"model.backbone.act={json.dumps(act)}",
+                                                     f"runtime.seed={seed}"], seed))
+        return cells
     for backbone in acts:
         for head in acts:
             pair = out / f"{act_label(backbone)}__{act_label(head)}"
@@ -255,8 +264,9 @@ def run_grid(config: str | Path, acts: Optional[Sequence[Any]], out: str | Path,
     out = Path(out)
     cfg = load_config(config, overrides)
     acts = cfg.grid.acts if acts is None else acts
-    reference = check_reference(acts, reference)
-    cells = make_cells(acts, out, overrides, grid_seeds(cfg, seeds))
+    classifier = cfg.model.type == "classifier"
+    reference = check_reference(acts, reference, classifier)
+    cells = make_cells(acts, out, overrides, grid_seeds(cfg, seeds), classifier)
     log = GridLog(out / "grid_log.jsonl")
     todo = []
     for cell in cells:
@@ -273,6 +283,10 @@ def run_grid(config: str | Path, acts: Optional[Sequence[Any]], out: str | Path,
                 executor = slurm_executor(out, gpus_per_cell, slurm_timeout_min,
                                           slurm_partition)
             status.update(run_submitit(config, todo, executor, gpus_per_cell, log))
+    if classifier:
+        from pose.report_table1 import write_table1
+
+        return write_table1(cfg, acts, cells, status, out, reference)
     return write_tables(cfg, acts, cells, status, out, reference)
 
 
@@ -287,8 +301,17 @@ def _same_run(config: str | Path, cell: Cell) -> bool:
     return True
 
 
-def check_reference(acts: Sequence[Any], reference: Optional[Sequence[Any]]) -> tuple:
-    """The reference cell: given (each spec one of ``acts``), or ReLU/ReLU, or the first."""
+def check_reference(acts: Sequence[Any], reference: Optional[Sequence[Any]],
+                    classifier: bool = False):
+    """The reference cell: given (each spec one of ``acts``), or ReLU/ReLU, or the first; for
+    a classifier one activation (ReLU, or the first)."""
+    if classifier:
+        if reference is None:
+            return "relu" if "relu" in acts else acts[0]
+        if len(reference) != 1 or reference[0] not in acts:
+            raise ConfigError(f"--reference {list(reference)} must be one of the "
+                              f"activations: {list(acts)}")
+        return reference[0]
     if reference is None:
         return ("relu", "relu") if "relu" in acts else (acts[0], acts[0])
     if len(reference) != 2 or any(spec not in acts for spec in reference):
@@ -302,10 +325,37 @@ def check_reference(acts: Sequence[Any], reference: Optional[Sequence[Any]]) -> 
 COCO_TRAIN_SAMPLES = 149813
 
 
+# Images in ImageNet's training set (ILSVRC-2012), for the budget of a classifier sweep whose
+# data is not on this machine.
+IMAGENET_TRAIN_IMAGES = 1281167
+
+
+def _table1_complexity(cfg: Config, acts: Sequence[Any]) -> list[str]:
+    """Each activation's parameters and MAdds, the paper's beside them where it has the row."""
+    from pose.report_table1 import cost, is_imagenet_setting, paper_row
+
+    lines = ["| activation | #Param | MAdds | paper #Param | paper MAdds |", "|---|---|---|---|---|"]
+    for act in acts:
+        ours, paper = cost(cfg, act, None), paper_row(act)
+        theirs = (f"{paper['params'] / 1e6:.1f}M | {paper['madds'] / 1e6:.1f}M"
+                  if paper and is_imagenet_setting(cfg) else "- | -")
+        lines.append(f"| {act_label(act)} | {ours['params'] / 1e6:.2f}M | "
+                     f"{ours['madds'] / 1e6:.1f}M | {theirs} |")
+    return lines
+
+
 def train_samples(cfg: Config) -> tuple[Optional[int], str]:
     """(training samples per epoch, where the figure comes from)."""
     from pose.data.build import data_path
     from pose.data.coco import load_keypoint_file
+
+    if cfg.model.type == "classifier":
+        folder = data_path(cfg, cfg.data.train_images)
+        if folder.is_dir():
+            return sum(1 for p in folder.glob("*/*") if p.is_file()), f"counted in {folder}"
+        if "imagenet" in cfg.data.root.lower():
+            return IMAGENET_TRAIN_IMAGES, "ImageNet's training set"
+        return None, f"{folder} is not on this machine"
 
     path = data_path(cfg, cfg.data.train_ann)
     if path.is_file():
@@ -324,14 +374,21 @@ def describe(config: str | Path, acts: Optional[Sequence[Any]], out: str | Path,
     cfg: Config = load_config(config, overrides)
     acts = cfg.grid.acts if acts is None else acts
     seed_list = grid_seeds(cfg, seeds)
-    cells = make_cells(acts, out, overrides, seed_list)
-    lines = [f"{len(acts)}x{len(acts)} grid from {config}: {cfg.train.epochs} epochs, "
-             f"input {cfg.data.input_size[0]}x{cfg.data.input_size[1]}, data {cfg.data.root}; "
-             f"seeds {seed_list}: {len(cells)} runs"]
+    classifier = cfg.model.type == "classifier"
+    cells = make_cells(acts, out, overrides, seed_list, classifier)
+    if classifier:
+        lines = [f"{len(acts)} activations (Table 1) from {config}: {cfg.train.epochs} epochs, "
+                 f"input {cfg.data.image_size[0]}x{cfg.data.image_size[1]}, data "
+                 f"{cfg.data.root}; seeds {seed_list}: {len(cells)} runs",
+                 *_table1_complexity(cfg, acts)]
+    else:
+        lines = [f"{len(acts)}x{len(acts)} grid from {config}: {cfg.train.epochs} epochs, "
+                 f"input {cfg.data.input_size[0]}x{cfg.data.input_size[1]}, data "
+                 f"{cfg.data.root}; seeds {seed_list}: {len(cells)} runs"]
     for cell in cells:
+        head = "" if classifier else f"    head:     {resolved_activation(cell.head)}\n"
         lines.append(f"{cell.name}\n    backbone: {resolved_activation(cell.backbone)}\n"
-                     f"    head:     {resolved_activation(cell.head)}\n"
-                     f"    folder:   {cell.folder}"
+                     f"{head}    folder:   {cell.folder}"
                      f"{'  (complete)' if cell.is_complete(cfg.train.epochs) else ''}")
     todo = sum(not cell.is_complete(cfg.train.epochs) for cell in cells)
     samples, source = train_samples(cfg)

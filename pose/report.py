@@ -72,7 +72,7 @@ def collect(cfg: Config, cells, status: dict[str, str]) -> list[dict]:
             model_cfg.backbone.act, model_cfg.head.act = cell.backbone, cell.head
             try:
                 cost_cache[key] = complexity(build_model(model_cfg), (1, 3, height, width))
-            except Exception:  # the cell's own log says why its model cannot be built
+            except ValueError:  # an option a layer refuses; the cell's own log says which
                 cost_cache[key] = {"params": None, "madds": None}
         # A run that failed now is failed, whatever metrics.json an earlier config left there.
         complete = (cell.is_complete(cfg.train.epochs, metrics)
@@ -377,7 +377,8 @@ def write_tables(cfg: Config, acts: Sequence[Any], cells, status: dict[str, str]
                  out: Path, reference: Sequence[Any] = ("relu", "relu")) -> dict:
     """table2.json (every seed's 10 stats under each cell's ``runs``), .csv, .md and .png."""
     rows = aggregate(collect(cfg, cells, status), reference)
-    table = {"setting": setting_line(cfg), "paper_setting": is_paper_setting(cfg),
+    table = {"name": "table2", "setting": setting_line(cfg),
+             "paper_setting": is_paper_setting(cfg),
              "acts": list(acts), "reference": list(reference), "noise": seed_noise(rows),
              "cells": rows}
     out.mkdir(parents=True, exist_ok=True)

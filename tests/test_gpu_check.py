@@ -18,7 +18,7 @@ def gpu_check():
     return module
 
 
-@pytest.mark.slow(seconds=60)
+@pytest.mark.slow(seconds=25)
 def test_every_part_runs_end_to_end_on_the_cpu(tmp_path):
     done = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--device", "cpu",
                            "--out", str(tmp_path), "--budget", "240"],
@@ -38,7 +38,8 @@ def test_every_part_runs_end_to_end_on_the_cpu(tmp_path):
     assert rows["synthetic training"]["result"] == "ok"
     assert "(falls)" in rows["synthetic training"]["detail"]
     summary = (tmp_path / "summary.md").read_text()
-    assert "| synthetic training | ok |" in summary and "Targets: all met." in summary
+    assert "| synthetic training | ok |" in summary
+    assert "Every part ran (the targets are judged on CUDA only)." in summary
 
 
 def step_row(compiled, time_ratio, memory_ratio, backbone="dyrelu_c", head="dyrelu_c"):

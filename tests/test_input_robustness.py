@@ -273,17 +273,19 @@ def test_evaluation_failure_keeps_the_epoch_and_resume_evaluates_it_first(
         "train.epochs": 2, "eval.interval": 1}))
     runner.run_training(cfg, tmp_path / "straight")
 
-    real_evaluate = runner.evaluate
+    from pose.engine import tasks
+
+    real_evaluate = tasks.evaluate
 
     def failing(*args, **kwargs):
         raise DataError("results name image ids absent from the ground truth: [7]")
 
-    monkeypatch.setattr(runner, "evaluate", failing)
+    monkeypatch.setattr(tasks, "evaluate", failing)
     with pytest.raises(DataError):
         runner.run_training(cfg, tmp_path / "run")
     state = load_checkpoint(tmp_path / "run/latest.pth")
     assert state["epoch"] == 1 and state["eval_pending"]  # the epoch's training is kept
-    monkeypatch.setattr(runner, "evaluate", real_evaluate)
+    monkeypatch.setattr(tasks, "evaluate", real_evaluate)
     runner.run_training(cfg, tmp_path / "run", resume=True)
     evals = [json.loads(line) for line in (tmp_path / "run/log.jsonl").read_text().splitlines()
              if json.loads(line)["kind"] == "eval"]

@@ -1,4 +1,5 @@
-"""Run the backbone x head activation grid and write Table 2 beside the paper's.
+"""Run the backbone x head activation grid and write Table 2 beside the paper's (or, for a
+classifier config, one run per activation and Table 1).
 
     python tools/grid.py --config configs/synthetic/mobilenetv2_x0.5_160x128.yaml --out work_dirs/grid
     python tools/grid.py --config configs/coco/mobilenetv2_x0.5_256x192.yaml --dry-run --seeds 3 \
@@ -30,8 +31,8 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", type=int, help="runs per cell, seeded runtime.seed, "
                         "runtime.seed + 1, ... (default: the config's grid.seeds)")
     parser.add_argument("--reference", default=None,
-                        help="'BACKBONE,HEAD': the cell the paired differences are taken to "
-                             "(default: relu,relu)")
+                        help="'BACKBONE,HEAD' (a classifier: 'ACT'): the cell the paired "
+                             "differences are taken to (default: relu,relu / relu)")
     parser.add_argument("--throughput", type=float,
                         help="with --dry-run: training img/s of one run on your devices, for "
                              "the grid's device-hours")
@@ -62,7 +63,8 @@ def main(argv=None) -> int:
                      reference=reference)
     failed = [r["folder"] for c in table["cells"] for r in c["runs"]
               if r["status"] != "finished"]
-    print(f"wrote {out}/table2.md, table2.csv, table2.json, table2.png"
+    name = table.get("name", "table2")
+    print(f"wrote {out}/{name}.md, {name}.csv, {name}.json, {name}.png"
           + (f"; {len(failed)} run(s) not finished" if failed else ""))
     return 1 if failed else 0
 

@@ -1,11 +1,14 @@
 """Is DY-ReLU dynamic? Scatter its input against its output (the supplementary's Fig. 1).
 
-For the DY-ReLU after the depthwise conv of every other backbone block, over validation crops:
-one panel per block, input x against output y, with the lines y = x and y = -x in red. A static
-ReLU would put every point on two lines; a dynamic activation spreads them over a band.
+For the DY-ReLU after the depthwise conv of every other backbone block, over validation
+images: one panel per block, input x against output y, with the lines y = x and y = -x in red.
+A static ReLU would put every point on two lines; a dynamic activation spreads them over a
+band. A pose run is fed its validation crops (GT boxes); a classifier run (the paper's own
+figure: MobileNetV2 x0.35 on ImageNet) the images of --image-folder (default: its validation
+folder), resized and centre-cropped as in its evaluation.
 
     python tools/plot_dynamics.py --config CONFIG --checkpoint best.pth [--images 32] \
-        [--out dynamics.png]
+        [--image-folder DIR] [--out dynamics.png]
 """
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ import numpy as np
 import torch
 
 from pose.cli import add_config_arguments, config_from_args, run
-from pose.data.build import build_dataset
+from pose.data.build import build_dataset, data_path
 from pose.estimator import model_from_checkpoint, resolve_device
 from pose.errors import PoseError
 from pose.activation_spec import activation_name
@@ -35,12 +38,34 @@ def depthwise_activations(backbone: torch.nn.Module) -> list[tuple[str, torch.nn
     return chosen
 
 
+def classifier_images(cfg, folder=None):
+    """A classifier's evaluation inputs, one (3, H, W) tensor per image file of ``folder``."""
+    from pose.data.classification import IMAGE_SUFFIXES, load_image, eval_transform
+
+    root = Path(folder) if folder else data_path(cfg, cfg.data.val_images)
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise PoseError(f"no image file under {root}")
+    transform = eval_transform(cfg.data.image_size, cfg.data.val_resize)
+    # Every class, not the first one's only: the files taken round-robin over the folders.
+    by_folder: dict[Path, list[Path]] = {}
+    for path in files:
+        by_folder.setdefault(path.parent, []).append(path)
+    queues = list(by_folder.values())
+    while any(queues):
+        for queue in queues:
+            if queue:
+                yield transform(load_image(str(queue.pop(0))))
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_config_arguments(parser)
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--images", type=int, default=32, help="validation crops to use")
     parser.add_argument("--points", type=int, default=3000, help="points drawn per panel")
+    parser.add_argument("--image-folder", help="a classifier's images (searched recursively; "
+                        "default: data.val_images)")
     parser.add_argument("--out", help="PNG path (default: beside the checkpoint)")
     args = parser.parse_args(argv)
     cfg = config_from_args(args)
@@ -49,7 +74,8 @@ def main(argv=None) -> int:
                         f"a static activation has no dynamics to plot")
     device = resolve_device(cfg)
     model = model_from_checkpoint(cfg, args.checkpoint, device)
-    layers = depthwise_activations(model.backbone)
+    classifier = cfg.model.type == "classifier"
+    layers = depthwise_activations(model if classifier else model.backbone)
     samples: dict[str, list] = {name: [] for name, _ in layers}
     rng = np.random.default_rng(0)
 
@@ -62,12 +88,21 @@ def main(argv=None) -> int:
         return hook
 
     hooks = [module.register_forward_hook(recorder(name)) for name, module in layers]
-    dataset = build_dataset(cfg, train=False, use_gt_boxes=True)
-    count = min(args.images, len(dataset))
+    images = classifier_images(cfg, args.image_folder) if classifier else \
+        (item["image"] for item in build_dataset(cfg, train=False, use_gt_boxes=True))
+    count = 0
     with torch.no_grad():
-        for start in range(0, count, 16):
-            batch = torch.stack([dataset[i]["image"] for i in range(start, min(start + 16, count))])
-            model(batch.to(device))
+        batch = []
+        for image in images:
+            batch.append(image)
+            count += 1
+            if len(batch) == 16 or count == args.images:
+                model(torch.stack(batch).to(device))
+                batch = []
+            if count == args.images:
+                break
+        if batch:
+            model(torch.stack(batch).to(device))
     for hook in hooks:
         hook.remove()
 
@@ -96,7 +131,8 @@ def main(argv=None) -> int:
     for ax in list(axes.flat)[len(layers):]:
         ax.axis("off")
     fig.suptitle(f"DY-ReLU input vs output after the depthwise conv "
-                 f"({cfg.model.backbone.act}), {count} validation crops")
+                 f"({cfg.model.backbone.act}), {count} validation "
+                 f"{'images' if classifier else 'crops'}")
     fig.tight_layout()
     out = Path(args.out) if args.out else Path(args.checkpoint).with_name("dynamics.png")
     atomic_write(out, lambda f: fig.savefig(f, format="png", dpi=100), mode="wb")

@@ -12,6 +12,8 @@ from torch import nn
 from pose.config import TrainConfig
 from pose.errors import PoseError
 
+LossFn = Callable[[torch.Tensor, dict, torch.device], torch.Tensor]  # (output, batch, device)
+
 
 class NonFiniteLossError(PoseError):
     """The loss became NaN or infinite; the message names the iteration."""
@@ -23,6 +25,15 @@ def heatmap_loss(predicted: torch.Tensor, target: torch.Tensor, weights: torch.T
     joint's map multiplied by its weight (N, K) first: the reference's loss at 0.5."""
     weights = weights[:, :, None, None]
     return loss_weight * ((predicted.float() - target) * weights).square().mean()
+
+
+def heatmap_batch_loss(cfg: TrainConfig) -> LossFn:
+    """The pose task's loss: ``heatmap_loss`` of a batch's heatmaps and joint weights."""
+    def loss(output, batch, device):
+        return heatmap_loss(output, batch["heatmaps"].to(device, non_blocking=True),
+                            batch["weights"].to(device, non_blocking=True), cfg.loss_weight)
+
+    return loss
 
 
 def parameter_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
@@ -72,9 +83,14 @@ def build_scheduler(optimizer, iters_per_epoch: int, cfg: TrainConfig):
 def train_one_epoch(model: nn.Module, loader, optimizer, scheduler, scaler, device: torch.device,
                     epoch: int, cfg: TrainConfig, autocast_dtype: Optional[torch.dtype],
                     channels_last: bool = False, show_progress: bool = True,
-                    on_log: Optional[Callable[[dict], None]] = None, log_interval: int = 50
+                    on_log: Optional[Callable[[dict], None]] = None, log_interval: int = 50,
+                    loss_fn: Optional[LossFn] = None,
+                    batch_transform: Optional[Callable[[dict], dict]] = None
                     ) -> dict[str, float]:
-    """Train for one epoch (or ``cfg.max_iters_per_epoch`` iterations); returns mean loss etc."""
+    """Train for one epoch (or ``cfg.max_iters_per_epoch`` iterations); returns mean loss etc.
+
+    ``loss_fn(output, batch, device)`` is the task's loss (default: the heatmap loss of a
+    pose batch); ``batch_transform`` changes each collated batch first (MixUp)."""
     model.train()
     total = len(loader) if not cfg.max_iters_per_epoch else min(len(loader),
                                                                   cfg.max_iters_per_epoch)
@@ -90,14 +106,14 @@ def train_one_epoch(model: nn.Module, loader, optimizer, scheduler, scaler, devi
         if i >= total:
             break
         data_time = time.perf_counter() - data_start
+        if batch_transform is not None:
+            batch = batch_transform(batch)
         images = batch["image"].to(device, non_blocking=True)
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        target = batch["heatmaps"].to(device, non_blocking=True)
-        weights = batch["weights"].to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             output = model(images)
-        loss = heatmap_loss(output, target, weights, cfg.loss_weight)
+        loss = (loss_fn or heatmap_batch_loss(cfg))(output, batch, device)
         if not torch.isfinite(loss):
             raise NonFiniteLossError(
                 f"non-finite loss ({loss.item()}) at epoch {epoch + 1}, iteration {i + 1} "

@@ -23,17 +23,14 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from pose.complexity import count_parameters
 from pose.config import Config, check_same_run, save_config
-from pose.data.build import build_dataset
 from pose.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from pose.engine.distributed import (DistInfo, barrier, broadcast_buffers, cleanup,
                                      init_distributed)
-from pose.engine.evaluate import evaluate
-from pose.inference import target_heatmaps
 from pose.engine.loop import build_optimizer, build_scheduler, train_one_epoch
 from pose.errors import DataError, PoseError
-from pose.estimator import (AMP_DTYPES, PoseEstimator, checkpoint_keypoint_set,
-                            model_from_checkpoint, resolve_device)
-from pose.evaluation.coco_eval import format_stats
+from pose.engine.tasks import make_task
+from pose.estimator import (AMP_DTYPES, checkpoint_keypoint_set, model_from_checkpoint,
+                            resolve_device)
 from pose.models import build_model
 from pose.utils import atomic_write_json
 
@@ -122,17 +119,12 @@ def _train(cfg: Config, work_dir: Path, resume: bool, device: torch.device,
         if finished.get("epochs") == cfg.train.epochs:
             say(info, f"{work_dir} is complete (metrics.json exists); nothing to do")
             return finished
-    train_set = build_dataset(cfg, train=True)
-    val_set = build_dataset(cfg, train=False)
-    keypoint_set = train_set.keypoint_set
-    if val_set.keypoint_set.names != keypoint_set.names:
-        raise DataError(f"{val_set.ann_file} names other keypoints than {train_set.ann_file} "
-                        f"({len(val_set.keypoint_set)} vs {len(keypoint_set)})")
-    model = build_model(cfg.model, len(keypoint_set))
-    cfg.model.num_keypoints = len(keypoint_set)  # config.yaml says what the data fixed
+    task = make_task(cfg, train=True)
+    train_set, val_set = task.train_set, task.val_set
+    model = task.build_model()
     work_dir.mkdir(parents=True, exist_ok=True)
     if info.is_main:
-        save_config(cfg, work_dir / "config.yaml")
+        save_config(cfg, work_dir / "config.yaml")  # with what the data fixed
 
     model = model.to(device)
     if cfg.runtime.channels_last:
@@ -144,19 +136,16 @@ def _train(cfg: Config, work_dir: Path, resume: bool, device: torch.device,
                                cfg.runtime.seed, device)
     val_loader = make_loader(val_set, cfg.eval.batch_size, False, info, cfg.data.num_workers,
                              cfg.runtime.seed, device)
-    if not len(train_set):
-        raise DataError(f"training file {train_set.ann_file} has no usable person "
-                        f"({train_set.report.annotations} annotations; "
-                        f"tools/check_dataset.py says why)")
     if len(train_loader) == 0:
-        raise PoseError(f"training set {train_set.ann_file} yields no batch of {t.batch_size}")
+        source = getattr(train_set, "ann_file", None) or train_set.folder
+        raise PoseError(f"training set {source} yields no batch of {t.batch_size}")
     iters_per_epoch = min(len(train_loader), t.max_iters_per_epoch or len(train_loader))
     optimizer = build_optimizer(model, t)
     scheduler = build_scheduler(optimizer, iters_per_epoch, t)
     amp_dtype = AMP_DTYPES[t.amp]
     scaler = torch.amp.GradScaler(device.type, enabled=t.amp == "fp16")
 
-    start_epoch, best_ap, best_epoch, train_time = 0, -1.0, 0, 0.0
+    start_epoch, best_score, best_epoch, train_time = 0, -1.0, 0, 0.0
     latest = work_dir / "latest.pth"
     pending_eval = False
     if resume and latest.is_file():
@@ -165,7 +154,8 @@ def _train(cfg: Config, work_dir: Path, resume: bool, device: torch.device,
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
-        start_epoch, best_ap, best_epoch = state["epoch"], state["best_ap"], state["best_epoch"]
+        start_epoch, best_epoch = state["epoch"], state["best_epoch"]
+        best_score = state.get("best_score", state.get("best_ap"))  # its older name
         train_time = state["train_time"]
         pending_eval = state.get("eval_pending", False)
         set_rng_state(state["rng"])
@@ -177,8 +167,8 @@ def _train(cfg: Config, work_dir: Path, resume: bool, device: torch.device,
             model, device_ids=[device.index] if device.type == "cuda" else None)
 
     log = RunLog(work_dir, info.is_main)
-    estimator = PoseEstimator.from_model(model, cfg, device, keypoint_set)
-    say(info, f"training {cfg.model.backbone.act} / {cfg.model.head.act}: "
+    task.bind(model, device)
+    say(info, f"training {task.describe()}: "
               f"{count_parameters(model) / 1e6:.2f}M params, {len(train_set)} train samples, "
               f"{iters_per_epoch} iterations x {t.epochs} epochs, "
               f"{info.world_size} process(es) on {device.type}, work dir {work_dir}")
@@ -187,9 +177,9 @@ def _train(cfg: Config, work_dir: Path, resume: bool, device: torch.device,
         if info.is_main:
             state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                      "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                     "epoch": epoch, "best_ap": best_ap, "best_epoch": best_epoch,
+                     "epoch": epoch, "best_score": best_score, "best_epoch": best_epoch,
                      "train_time": train_time, "rng": rng_state(), "config": cfg.to_dict(),
-                     "keypoint_set": keypoint_set.to_dict(), "eval_pending": eval_pending}
+                     **task.checkpoint_extra(), "eval_pending": eval_pending}
             save_checkpoint(state, latest)
             if not eval_pending and t.checkpoint_interval and \
                     epoch % t.checkpoint_interval == 0:
@@ -197,19 +187,17 @@ def _train(cfg: Config, work_dir: Path, resume: bool, device: torch.device,
         barrier(info)
 
     def evaluate_epoch(epoch: int) -> Optional[dict]:
-        nonlocal best_ap, best_epoch
+        nonlocal best_score, best_epoch
         broadcast_buffers(model, info)
-        stats = evaluate(estimator, val_loader, val_set, info, work_dir / "results.json",
-                         progress=True)
+        stats = task.evaluate(val_loader, info, work_dir, progress=True)
         if info.is_main:
             log("eval", {"epoch": epoch, **stats}, epoch)
-            say(info, f"epoch {epoch} evaluation:\n{format_stats(stats)}")
-            if stats["AP"] > best_ap:
-                best_ap, best_epoch = stats["AP"], epoch
-                save_checkpoint({"model": model.state_dict(), "epoch": epoch, "AP": best_ap,
-                                 "config": cfg.to_dict(),
-                                 "keypoint_set": keypoint_set.to_dict()},
-                                work_dir / "best.pth")
+            say(info, f"epoch {epoch} evaluation:\n{task.format(stats)}")
+            if stats[task.metric] > best_score:
+                best_score, best_epoch = stats[task.metric], epoch
+                save_checkpoint({"model": model.state_dict(), "epoch": epoch,
+                                 task.metric: best_score, "config": cfg.to_dict(),
+                                 **task.checkpoint_extra()}, work_dir / "best.pth")
         save_latest(epoch, eval_pending=False)
         return stats
 
@@ -224,7 +212,8 @@ def _train(cfg: Config, work_dir: Path, resume: bool, device: torch.device,
                 train_model, train_loader, optimizer, scheduler, scaler, device, epoch, t,
                 amp_dtype, cfg.runtime.channels_last, show_progress=info.is_main,
                 on_log=lambda r: log("train", r, r["step"]),
-                log_interval=cfg.runtime.log_interval)
+                log_interval=cfg.runtime.log_interval, loss_fn=task.loss,
+                batch_transform=task.batch_transform)
             train_time += epoch_stats["epoch_time"]
             log("epoch", {"epoch": epoch + 1, **epoch_stats}, epoch + 1)
             say(info, f"epoch {epoch + 1}/{t.epochs}: loss {epoch_stats['loss']:.3e}, "
@@ -235,16 +224,15 @@ def _train(cfg: Config, work_dir: Path, resume: bool, device: torch.device,
                 stats, evaluated = evaluate_epoch(epoch + 1), True
         if not evaluated:
             # Resumed after the last epoch's checkpoint but before metrics.json was written.
-            stats = evaluate(estimator, val_loader, val_set, info, work_dir / "results.json")
+            stats = task.evaluate(val_loader, info, work_dir)
     finally:
         log.close()
     if not info.is_main:
         return None
-    metrics = {"final": stats, "best": {"AP": best_ap, "epoch": best_epoch},
+    metrics = {"final": stats, "best": {task.metric: best_score, "epoch": best_epoch},
                "epochs": t.epochs, "train_time_s": round(train_time, 1),
                "params": count_parameters(model), "world_size": info.world_size,
-               "boxes": "gt" if cfg.eval.use_gt_boxes else cfg.data.det_file,
-               "flip_test": cfg.eval.flip_test}
+               **task.metrics_extra()}
     atomic_write_json(metrics_path, metrics)
     return metrics
 
@@ -258,41 +246,52 @@ def run_test(cfg: Config, work_dir: str | Path, checkpoint: Optional[str] = None
     info = init_distributed(device.type)
     try:
         _set_threads(cfg)
+        if oracle and cfg.model.type != "pose":
+            raise PoseError("--oracle scores a pose codec's own targets; a classifier has none")
         if oracle:
             use_gt_boxes = True  # targets exist only for annotated people
         state = None if oracle else load_checkpoint(checkpoint)
-        dataset = build_dataset(cfg, train=False, use_gt_boxes=use_gt_boxes, det_file=det_file)
-        keypoint_set = dataset.keypoint_set
+        task = make_task(cfg, train=False, use_gt_boxes=use_gt_boxes, det_file=det_file) \
+            if cfg.model.type == "pose" else make_task(cfg, train=False)
+        dataset = task.val_set
         loader = make_loader(dataset, cfg.eval.batch_size, False, info, cfg.data.num_workers,
                              cfg.runtime.seed, device)
-        if oracle:
-            estimator = PoseEstimator(target_heatmaps, cfg, keypoint_set)
-        else:
+        model = None
+        if not oracle:
             trained = checkpoint_keypoint_set(state, cfg)
-            if trained.names != keypoint_set.names and "keypoint_set" in state:
+            if cfg.model.type == "pose" and trained.names != task.keypoint_set.names and \
+                    "keypoint_set" in state:
                 raise DataError(f"checkpoint {checkpoint} was trained on {len(trained)} "
                                 f"keypoints ({', '.join(trained.names[:3])}, ...); "
-                                f"{dataset.ann_file} names {len(keypoint_set)}")
-            model = model_from_checkpoint(cfg, checkpoint, device, state, len(keypoint_set))
-            estimator = PoseEstimator.from_model(model, cfg, device, keypoint_set)
+                                f"{dataset.ann_file} names {len(task.keypoint_set)}")
+            model = model_from_checkpoint(cfg, checkpoint, device, state,
+                                          len(getattr(task, "keypoint_set", trained)))
+        task.bind(model, device, oracle=oracle)
         if info.is_main:
             work_dir.mkdir(parents=True, exist_ok=True)
         barrier(info)
-        gt = cfg.eval.use_gt_boxes if use_gt_boxes is None else use_gt_boxes
-        boxes = "ground-truth boxes" if gt else f"detector boxes from {dataset.det_source}"
-        flip = "on" if cfg.eval.flip_test and not oracle else "off"
-        say(info, f"evaluating {'the oracle (encoded targets)' if oracle else checkpoint} on "
-                  f"{len(dataset)} {boxes}, flip test {flip}, {info.world_size} process(es)")
-        stats = evaluate(estimator, loader, dataset, info, work_dir / "results.json",
-                         progress=True)
+        what = "the oracle (encoded targets)" if oracle else checkpoint
+        metrics = {"checkpoint": None if oracle else str(checkpoint), "samples": len(dataset)}
+        if cfg.model.type == "pose":
+            gt = cfg.eval.use_gt_boxes if use_gt_boxes is None else use_gt_boxes
+            flip = cfg.eval.flip_test and not oracle
+            boxes = "ground-truth boxes" if gt else f"detector boxes from {dataset.det_source}"
+            say(info, f"evaluating {what} on {len(dataset)} {boxes}, flip test "
+                      f"{'on' if flip else 'off'}, {info.world_size} process(es)")
+            metrics.update(oracle=oracle, boxes="gt" if gt else dataset.det_source,
+                           flip_test=flip)
+        else:
+            say(info, f"evaluating {what} on {len(dataset)} images of {dataset.folder}, "
+                      f"{info.world_size} process(es)")
+        stats = task.evaluate(loader, info, work_dir, progress=True)
         if not info.is_main:
             return None
-        metrics = {"final": stats, "checkpoint": None if oracle else str(checkpoint),
-                   "oracle": oracle, "boxes": "gt" if gt else dataset.det_source,
-                   "flip_test": flip == "on", "samples": len(dataset)}
+        metrics = {"final": stats, **metrics}
         atomic_write_json(work_dir / "metrics.json", metrics)
-        say(info, format_stats(stats))
-        say(info, f"wrote {work_dir / 'results.json'} and {work_dir / 'metrics.json'}")
+        say(info, task.format(stats))
+        written = [work_dir / name for name in ("results.json", "metrics.json")
+                   if (work_dir / name).is_file()]
+        say(info, f"wrote {' and '.join(map(str, written))}")
         return metrics
     finally:
         cleanup()

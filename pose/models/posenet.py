@@ -32,7 +32,8 @@ def build_model(cfg: ModelConfig, num_keypoints: Optional[int] = None,
     else ``cfg.num_keypoints``, else COCO's 17; the two must agree where both are given."""
     b = cfg.backbone
     if cfg.type == "classifier":
-        return MobileNetV2(b.width_mult, b.act, final_conv=True, num_classes=cfg.num_classes)
+        return MobileNetV2(b.width_mult, b.act, final_conv=True,
+                           num_classes=cfg.num_classes or 1000, dropout=cfg.dropout)
     if num_keypoints and cfg.num_keypoints and num_keypoints != cfg.num_keypoints:
         raise ConfigError(f"config key 'model.num_keypoints': {cfg.num_keypoints}, but {source} "
                           f"has {num_keypoints} keypoints (leave it unset to follow "
