@@ -3,7 +3,7 @@
     ROOT/train/<class>/*.JPEG      ROOT/val/<class>/*.JPEG
 
 Read by torchvision's ``ImageFolder`` (its PIL loader) and augmented by
-``torchvision.transforms.v2`` on uint8 tensors (``ToImage`` first):
+``torchvision.transforms.v2`` (on the PIL image, then one conversion to a tensor):
 - training: a random resized crop (area fraction ``data.crop_scale``), a horizontal flip
   (``data.flip_prob``), colour jitter (brightness, contrast and saturation by
   ``data.color_jitter``), then ImageNet normalisation; MixUp (``data.mixup_alpha``) mixes
@@ -47,20 +47,21 @@ def load_image(path: str):
 def train_transform(image_size, crop_scale, flip_prob: float, color_jitter: float):
     from torchvision.transforms import v2
 
-    steps = [v2.ToImage(),
-             v2.RandomResizedCrop(tuple(image_size), scale=tuple(crop_scale), antialias=True),
+    # Crop and jitter on the PIL image, then one conversion: the crop shrinks the image first,
+    # and PIL's resize is the fastest here (benchmarks/bench_data.py --task classification).
+    steps = [v2.RandomResizedCrop(tuple(image_size), scale=tuple(crop_scale), antialias=True),
              v2.RandomHorizontalFlip(flip_prob)]
     if color_jitter > 0:
         steps.append(v2.ColorJitter(color_jitter, color_jitter, color_jitter))
-    return v2.Compose(steps + [v2.ToDtype(torch.float32, scale=True),
+    return v2.Compose(steps + [v2.ToImage(), v2.ToDtype(torch.float32, scale=True),
                                v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
 
 
 def eval_transform(image_size, resize: int):
     from torchvision.transforms import v2
 
-    return v2.Compose([v2.ToImage(), v2.Resize(resize, antialias=True),
-                       v2.CenterCrop(tuple(image_size)),
+    return v2.Compose([v2.Resize(resize, antialias=True), v2.CenterCrop(tuple(image_size)),
+                       v2.ToImage(),
                        v2.ToDtype(torch.float32, scale=True),
                        v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
 
