@@ -7,13 +7,33 @@ imports no model code (and no torch), so anything may use it.
 """
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
 from typing import Any, Mapping
 
-# The defaults of pose.models.dyrelu.DyReLU's options (a test keeps the two equal).
-DYRELU_DEFAULTS: dict[str, Any] = {
-    "k": 2, "reduction": 13, "lambda_a": 1.0, "lambda_b": 0.5, "tau": 10.0,
-    "gamma": 1.0 / 3.0, "spatial": "coefficient", "init": "default", "backend": "auto",
-}
+DYRELU_BACKENDS = ("auto", "native", "compiled", "reference")
+
+
+@dataclass(frozen=True)
+class DyReLUOptions:
+    """DY-ReLU's options and their defaults, the one place they are written: the slot's specs,
+    ``pose.models.dyrelu.DyReLU``'s signature and its settings record take them from here."""
+    k: int = 2  # linear pieces
+    reduction: float = 13  # the hyper function's squeeze ratio R
+    lambda_a: float = 1.0  # range of the slope residuals
+    lambda_b: float = 0.5  # range of the intercept residuals
+    tau: float = 10.0  # the spatial attention's softmax temperature (C)
+    gamma: float = 1.0 / 3.0  # the attention's scale as a fraction of H*W (C)
+    spatial: str = "coefficient"  # C: the attention scales the coefficients, or residuals
+    init: str = "default"  # or "relu": the hyper function's last layer starts at zero
+    backend: str = "auto"
+
+
+DYRELU_DEFAULTS: dict[str, Any] = dataclasses.asdict(DyReLUOptions())
+# The values a text option may take (an option whose default is a number is checked for its
+# type only; ranges are the modules' to check).
+CHOICES = {"spatial": ("coefficient", "residual"), "init": ("default", "relu"),
+           "backend": DYRELU_BACKENDS, "depthwise": ("relu", "maxout")}
 
 # name -> its options with their defaults
 OPTIONS: dict[str, dict[str, Any]] = {
@@ -56,7 +76,27 @@ def parse_activation(spec: str | Mapping[str, Any]) -> tuple[str, dict[str, Any]
         valid = ", ".join(allowed) if allowed else "none"
         raise ValueError(f"unknown option(s) {', '.join(unknown)} for activation {name!r}; "
                          f"valid options: {valid}")
+    for key, value in options.items():
+        _check_option(name, key, value, allowed[key])
     return name, options
+
+
+def _check_option(name: str, key: str, value: Any, default: Any) -> None:
+    """An option's value must have its default's type (an int where a float is expected is
+    fine); a text option must be one of its CHOICES."""
+    where = f"option {key!r} of activation {name!r}"
+    if isinstance(default, bool):
+        ok, kind = isinstance(value, bool), "true or false"
+    elif isinstance(default, int):
+        ok, kind = isinstance(value, int) and not isinstance(value, bool), "an integer"
+    elif isinstance(default, float):
+        ok, kind = isinstance(value, (int, float)) and not isinstance(value, bool), "a number"
+    else:
+        choices = CHOICES.get(key)
+        ok = isinstance(value, str) and (choices is None or value in choices)
+        kind = f"one of {', '.join(choices)}" if choices else "a text"
+    if not ok:
+        raise ValueError(f"{where} must be {kind}, got {value!r}")
 
 
 def activation_name(spec: str | Mapping[str, Any]) -> str:

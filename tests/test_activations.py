@@ -1,5 +1,6 @@
 import logging
 import os
+import re
 import subprocess
 import sys
 import warnings
@@ -235,7 +236,28 @@ def test_spec_defaults_are_the_modules_defaults():
     parameters = inspect.signature(DyReLU.__init__).parameters
     defaults = {name: p.default for name, p in parameters.items()
                 if p.default is not inspect.Parameter.empty and name != "variant"}
-    assert defaults == DYRELU_DEFAULTS
+    assert defaults == DYRELU_DEFAULTS  # the signature reads them from DyReLUOptions
+    layer = DyReLU(8)
+    assert (layer.settings.k, layer.settings.tau, layer.settings.gamma) == (
+        DYRELU_DEFAULTS["k"], DYRELU_DEFAULTS["tau"], DYRELU_DEFAULTS["gamma"])
+
+
+@pytest.mark.parametrize("spec,words", [
+    ({"name": "dyrelu_b", "k": 2.5}, "option 'k' of activation 'dyrelu_b' must be an integer"),
+    ({"name": "dyrelu_c", "spatial": "resid"}, "must be one of coefficient, residual"),
+    ({"name": "dyrelu_a", "tau": "10"}, "option 'tau' of activation 'dyrelu_a' must be a number"),
+    ({"name": "maxout", "projection": 1}, "must be true or false"),
+    ({"name": "dyrelu_b", "backend": "cuda"}, "auto, native, compiled, reference"),
+])
+def test_option_types_are_checked_when_the_config_loads(spec, words):
+    import json
+
+    from pose.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="config key 'model.head.act': .*" + re.escape(words)):
+        load_config(None, [f"model.head.act={json.dumps(spec)}"])
+    # a right type with a value the layer refuses is the layer's to say
+    load_config(None, ['model.head.act={"name": "dyrelu_b", "k": 0}'])
 
 
 def test_unknown_activation_name_lists_valid_names():
@@ -248,8 +270,11 @@ def test_unknown_activation_option_lists_valid_options():
         make_activation({"name": "dyrelu_b", "kk": 3}, 8)
     with pytest.raises(ValueError, match="valid options: none"):
         make_activation({"name": "relu", "k": 3}, 8)
-    with pytest.raises(ValueError, match="backend must be one of"):
+    with pytest.raises(ValueError, match="option 'backend' of activation 'dyrelu_b' must be one "
+                                         "of auto, native, compiled, reference"):
         make_activation({"name": "dyrelu_b", "backend": "cuda"}, 8)
+    with pytest.raises(ValueError, match="DyReLU backend must be one of"):
+        DyReLU(8, backend="cuda")  # the layer used directly checks too
 
 
 def test_settings_round_trip_through_the_float_list():

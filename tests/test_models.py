@@ -145,7 +145,8 @@ def test_maxout_positions_in_the_table1_reading():
 
 
 def test_bad_maxout_or_se_options_are_errors_naming_them():
-    with pytest.raises(ValueError, match="depthwise must be 'maxout' or 'relu', got 'gelu'"):
+    with pytest.raises(ValueError, match="option 'depthwise' of activation 'maxout' must be one "
+                                         "of relu, maxout, got 'gelu'"):
         MobileNetV2(0.5, {"name": "maxout", "depthwise": "gelu"})
     with pytest.raises(ValueError, match="maxout k must be >= 1, got 0"):
         MobileNetV2(0.5, {"name": "maxout", "k": 0})

@@ -83,9 +83,6 @@ def pieces(spec: str | Mapping[str, Any], position: str = "conv") -> int:
         return 1
     if options["k"] < 1:
         raise ValueError(f"maxout k must be >= 1, got {options['k']}")
-    if options["depthwise"] not in ("maxout", "relu"):
-        raise ValueError(f"maxout depthwise must be 'maxout' or 'relu', "
-                         f"got {options['depthwise']!r}")
     skipped = ((position == "depthwise" and options["depthwise"] == "relu")
                or (position == "projection" and not options["projection"]))
     return 1 if skipped else options["k"]

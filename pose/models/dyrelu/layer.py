@@ -6,8 +6,11 @@ import contextlib
 import torch
 from torch import nn
 
+from pose.activation_spec import DyReLUOptions
 from pose.models.dyrelu import ops, reference
 from pose.models.dyrelu.settings import DyReLUSettings
+
+_DEFAULT = DyReLUOptions()  # the options' defaults, written once in pose.activation_spec
 
 _plain_operators = False
 _is_exporting = getattr(torch.compiler, "is_exporting", lambda: False)  # torch >= 2.5
@@ -60,10 +63,11 @@ class DyReLU(nn.Module):
             device and dtype.
     """
 
-    def __init__(self, channels: int, variant: str = "b", k: int = 2, reduction: float = 13,
-                 lambda_a: float = 1.0, lambda_b: float = 0.5, tau: float = 10.0,
-                 gamma: float = 1.0 / 3.0, spatial: str = "coefficient", init: str = "default",
-                 backend: str = "auto") -> None:
+    def __init__(self, channels: int, variant: str = "b", k: int = _DEFAULT.k,
+                 reduction: float = _DEFAULT.reduction, lambda_a: float = _DEFAULT.lambda_a,
+                 lambda_b: float = _DEFAULT.lambda_b, tau: float = _DEFAULT.tau,
+                 gamma: float = _DEFAULT.gamma, spatial: str = _DEFAULT.spatial,
+                 init: str = _DEFAULT.init, backend: str = _DEFAULT.backend) -> None:
         super().__init__()
         if variant not in ("a", "b", "c"):
             raise ValueError(f"DyReLU variant must be 'a', 'b' or 'c', got {variant!r}")

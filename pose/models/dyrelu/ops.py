@@ -36,11 +36,12 @@ from typing import Optional
 
 import torch
 
+from pose.activation_spec import DYRELU_BACKENDS
 from pose.models.dyrelu import compiled, native
 from pose.models.dyrelu.settings import DyReLUSettings
 
 Tensor = torch.Tensor
-BACKENDS = ("auto", "native", "compiled", "reference")
+BACKENDS = DYRELU_BACKENDS
 logger = logging.getLogger("pose.dyrelu")
 
 

@@ -15,6 +15,10 @@ import dataclasses
 import functools
 from dataclasses import dataclass
 
+from pose.activation_spec import DyReLUOptions
+
+_DEFAULT = DyReLUOptions()
+
 # How the spatial attention pi enters (variant C): "plain" has none (A, B).
 MODES = ("plain", "coefficient", "residual")
 
@@ -31,13 +35,13 @@ class DyReLUSettings:
         gamma: the attention's scale as a fraction of H*W (pi = min(gamma HW softmax, 1)).
     """
 
-    k: int = 2
+    k: int = _DEFAULT.k
     channelwise: bool = True
     mode: str = "plain"
-    lambda_a: float = 1.0
-    lambda_b: float = 0.5
-    tau: float = 10.0
-    gamma: float = 1.0 / 3.0
+    lambda_a: float = _DEFAULT.lambda_a
+    lambda_b: float = _DEFAULT.lambda_b
+    tau: float = _DEFAULT.tau
+    gamma: float = _DEFAULT.gamma
 
     def __post_init__(self) -> None:
         if self.k < 1:
