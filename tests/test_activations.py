@@ -278,7 +278,7 @@ def test_unknown_activation_option_lists_valid_options():
 
 
 def test_settings_round_trip_through_the_float_list():
-    settings = DyReLUSettings(k=3, channelwise=False, mode="residual", lambda_a=0.7,
+    settings = DyReLUSettings(k=3, channelwise=False, spatial="residual", lambda_a=0.7,
                               lambda_b=0.2, tau=4.0, gamma=0.25)
     assert DyReLUSettings.from_floats(settings.as_floats()) == settings
 

@@ -173,7 +173,7 @@ def _hyper(context: Tensor, fc1_weight: Tensor, fc1_bias: Tensor, fc2_weight: Te
     sig = torch.sigmoid(F.linear(hidden, fc2_weight, fc2_bias))
     theta = (2.0 * sig - 1.0).view(sig.shape[0], -1, 2, s.k)
     a, b = theta[:, :, 0] * s.lambda_a, theta[:, :, 1] * s.lambda_b
-    if s.mode != "residual":
+    if s.spatial != "residual":
         a = torch.cat([a[:, :, :1] + 1.0, a[:, :, 1:]], dim=2)  # alpha = (1, 0, ...), beta = 0
     return a, b, hidden, sig
 
@@ -217,7 +217,7 @@ def _forward(x: Tensor, fc1_weight: Tensor, fc1_bias: Tensor, fc2_weight: Tensor
         z = (logits.to(dtype) + spatial_bias).view(x.shape[0], h * w) / s.tau
         softmax = torch.softmax(z, dim=-1)
         pi = _scaled_attention(softmax, s, h, w)
-    return output_pass(x, a, b, pi, s.mode), context, softmax
+    return output_pass(x, a, b, pi, s.spatial), context, softmax
 
 
 class _Passes(NamedTuple):
@@ -239,16 +239,16 @@ def _backward(grad: Tensor, x: Tensor, fc1_weight: Tensor, fc1_bias: Tensor,
     h, w = x.shape[2:]
     pi = None if spatial_weight is None else _scaled_attention(softmax, s, h, w)
     a, b, hidden, sig = _hyper(context, fc1_weight, fc1_bias, fc2_weight, fc2_bias, s)
-    grad_a, grad_b = passes.coeff_grad(x, a, b, pi, s.mode, grad)
+    grad_a, grad_b = passes.coeff_grad(x, a, b, pi, s.spatial, grad)
     grad_context, *grad_fc = _hyper_backward(grad_a.to(dtype), grad_b.to(dtype), context,
                                              hidden, sig, fc1_weight, fc2_weight, s)
     grad_logits = grad_weight = grad_bias = grad_x = None
     if spatial_weight is not None:
-        grad_pi = passes.attention_grad(x, a, b, pi, s.mode, grad).to(dtype)
+        grad_pi = passes.attention_grad(x, a, b, pi, s.spatial, grad).to(dtype)
         grad_logits, grad_bias = _attention_backward(grad_pi, softmax, s)
         grad_weight = passes.spatial_weight_grad(x, grad_logits).to(spatial_weight.dtype)
     if input_grad:
-        grad_x = passes.input_grad(x, a, b, pi, s.mode, grad, grad_context, grad_logits,
+        grad_x = passes.input_grad(x, a, b, pi, s.spatial, grad, grad_context, grad_logits,
                                    spatial_weight)
     return grad_x, *grad_fc, grad_weight, grad_bias
 
@@ -309,6 +309,6 @@ def backward(grad, x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, spatial_weight
         inputs = (*_detached(grad, x, fc1_weight, fc1_bias, fc2_weight, fc2_bias,
                              None if spatial_weight is None else spatial_weight.view(-1),
                              context, softmax), settings, input_grad)
-        if settings.mode == "residual":
+        if settings.spatial == "residual":
             return _backward(*inputs, passes=_separately_compiled_passes)
         return _compiled_backward(*inputs)

@@ -616,7 +616,7 @@ Layer<real> make_layer(const at::Tensor &x, const at::Tensor &fc1_weight,
     l.lambda_b = real(setting(s, "lambda_b"));
     l.tau = real(setting(s, "tau"));
     l.gamma = real(setting(s, "gamma"));
-    l.mode = int(setting(s, "mode"));
+    l.mode = int(setting(s, "spatial"));
     TORCH_CHECK((l.mode == MODE_PLAIN) == (l.spatial_weight == nullptr),
                 "dyrelu_pose_native: the spatial conv is given exactly in the attention modes");
     return l;

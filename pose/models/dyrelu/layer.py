@@ -80,7 +80,7 @@ class DyReLU(nn.Module):
         if backend not in ops.BACKENDS:
             raise ValueError(f"DyReLU backend must be one of {ops.BACKENDS}, got {backend!r}")
         self.settings = DyReLUSettings(
-            k=k, channelwise=variant != "a", mode=spatial if variant == "c" else "plain",
+            k=k, channelwise=variant != "a", spatial=spatial if variant == "c" else "plain",
             lambda_a=lambda_a, lambda_b=lambda_b, tau=tau, gamma=gamma)
         self._settings_floats = self.settings.as_floats()
         self.channels, self.variant, self.spatial, self.backend = channels, variant, spatial, backend

@@ -72,11 +72,11 @@ def dyrelu(x: Tensor, fc1_weight: Tensor, fc1_bias: Tensor, fc2_weight: Tensor,
     alpha, beta = static_coefficients(settings.k, dtype, x.device)
     da, db = da[:, :, None, None, :], db[:, :, None, None, :]  # (N, G, 1, 1, K)
     a, b = alpha + da, beta + db
-    if settings.spatial:
+    if settings.has_attention:
         # The 1x1 conv C -> 1 as a weighted channel sum: counted by pose.complexity per position.
         logits = (x.to(dtype) * spatial_weight.reshape(1, -1, 1, 1)).sum(1, keepdim=True)
         pi = attention(logits, spatial_bias, settings)[..., None]  # (N, 1, H, W, 1)
-        if settings.mode == "coefficient":
+        if settings.spatial == "coefficient":
             a, b = pi * a, pi * b
         else:
             a, b = alpha + pi * da, beta + pi * db

@@ -19,8 +19,9 @@ from pose.activation_spec import DyReLUOptions
 
 _DEFAULT = DyReLUOptions()
 
-# How the spatial attention pi enters (variant C): "plain" has none (A, B).
-MODES = ("plain", "coefficient", "residual")
+# How the spatial attention pi enters (variant C): "plain" has none (A, B). The layer's own
+# option of the same name (``DyReLU(spatial=...)``) takes the other two.
+SPATIAL_MODES = ("plain", "coefficient", "residual")
 
 
 @dataclass(frozen=True)
@@ -28,7 +29,7 @@ class DyReLUSettings:
     """Args:
         k: K, the number of linear pieces.
         channelwise: coefficients per channel (B, C) or shared by all channels (A).
-        mode: ``"plain"`` (no attention), ``"coefficient"`` (y = pi * max_k(a_k x + b_k), the
+        spatial: ``"plain"`` (no attention), ``"coefficient"`` (y = pi * max_k(a_k x + b_k), the
             paper's C) or ``"residual"`` (y = max_k((alpha_k + pi da_k) x + beta_k + pi db_k)).
         lambda_a, lambda_b: ranges of the slope and intercept residuals.
         tau: softmax temperature of the spatial attention.
@@ -37,7 +38,7 @@ class DyReLUSettings:
 
     k: int = _DEFAULT.k
     channelwise: bool = True
-    mode: str = "plain"
+    spatial: str = "plain"
     lambda_a: float = _DEFAULT.lambda_a
     lambda_b: float = _DEFAULT.lambda_b
     tau: float = _DEFAULT.tau
@@ -46,19 +47,20 @@ class DyReLUSettings:
     def __post_init__(self) -> None:
         if self.k < 1:
             raise ValueError(f"DyReLU k must be >= 1, got {self.k}")
-        if self.mode not in MODES:
-            raise ValueError(f"DyReLU mode must be one of {MODES}, got {self.mode!r}")
+        if self.spatial not in SPATIAL_MODES:
+            raise ValueError(f"DyReLU spatial must be one of {SPATIAL_MODES}, "
+                             f"got {self.spatial!r}")
         if self.tau <= 0:
             raise ValueError(f"DyReLU tau must be > 0, got {self.tau}")
 
     @property
-    def spatial(self) -> bool:
+    def has_attention(self) -> bool:
         """Whether the layer has the 1x1 spatial conv and attention (variant C)."""
-        return self.mode != "plain"
+        return self.spatial != "plain"
 
     def as_floats(self) -> list[float]:
         """The fields in order, as the native kernels and the operator's schema take them."""
-        return [float(MODES.index(v) if f.name == "mode" else v)
+        return [float(SPATIAL_MODES.index(v) if f.name == "spatial" else v)
                 for f in dataclasses.fields(self) for v in [getattr(self, f.name)]]
 
     @functools.cached_property
@@ -77,7 +79,7 @@ class DyReLUSettings:
             raise ValueError(f"DyReLUSettings takes {len(fields)} values, got {len(values)}")
         record = {}
         for f, v in zip(fields, values):
-            record[f.name] = (MODES[int(v)] if f.name == "mode" else
+            record[f.name] = (SPATIAL_MODES[int(v)] if f.name == "spatial" else
                               int(v) if f.type in ("int", int) else
                               bool(v) if f.type in ("bool", bool) else float(v))
         return cls(**record)
