@@ -8,6 +8,8 @@
 # wheels carried in .whl/ (made here by benchmarks/gpu_carry.sh). pip installs them from that
 # folder alone, resolving their needs against what the machine has, then the project itself
 # without its dependencies. Results go to $OUT (summary.md, summary.json, one log per part).
+# The device tool's call, with room for a second try inside 15 minutes of device time:
+#   run(command="bash benchmarks/gpu_check.sh --budget 300", carry=[".whl"], timeout_s=420)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 wheels=${WHEELS:-.whl}
@@ -15,5 +17,10 @@ python=${PYTHON:-python3}
 if compgen -G "$wheels/*.whl" > /dev/null; then
     "$python" -m pip install -q --no-index --find-links "$wheels" pycocotools albumentations submitit
 fi
-"$python" -m pip install -q --no-index --no-deps --no-build-isolation -e .
+# The project itself, without its dependencies; where the image's setuptools cannot build an
+# editable install, the checkout on PYTHONPATH serves the same (every part runs from here).
+if ! "$python" -m pip install -q --no-index --no-deps --no-build-isolation -e . 2> /tmp/pip.log; then
+    echo "pip could not install the project ($(tail -n 1 /tmp/pip.log)); using PYTHONPATH"
+    export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+fi
 exec "$python" benchmarks/gpu_check.py "$@"
