@@ -332,11 +332,14 @@ IMAGENET_TRAIN_IMAGES = 1281167
 
 def _table1_complexity(cfg: Config, acts: Sequence[Any]) -> list[str]:
     """Each activation's parameters and MAdds, the paper's beside them where it has the row."""
+    from pose.data.build import data_path
     from pose.report_table1 import cost, is_imagenet_setting, paper_row
 
+    folder = data_path(cfg, cfg.data.train_images)
+    classes = sum(p.is_dir() for p in folder.iterdir()) if folder.is_dir() else None
     lines = ["| activation | #Param | MAdds | paper #Param | paper MAdds |", "|---|---|---|---|---|"]
     for act in acts:
-        ours, paper = cost(cfg, act, None), paper_row(act)
+        ours, paper = cost(cfg, act, classes), paper_row(act)
         theirs = (f"{paper['params'] / 1e6:.1f}M | {paper['madds'] / 1e6:.1f}M"
                   if paper and is_imagenet_setting(cfg) else "- | -")
         lines.append(f"| {act_label(act)} | {ours['params'] / 1e6:.2f}M | "
