@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Mapping, NamedTuple
 
 DYRELU_BACKENDS = ("auto", "native", "compiled", "reference")
 
@@ -57,8 +57,18 @@ OPTIONS: dict[str, dict[str, Any]] = {
 ACTIVATIONS = tuple(OPTIONS)
 
 
-def parse_activation(spec: str | Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
-    """Split a spec into (name, options), checking both; raises ValueError naming the fault."""
+class ActivationSpec(NamedTuple):
+    """A checked spec: its name and the options it sets (the defaults stay in OPTIONS). A
+    model parses its spec once into this record and hands the record to every block."""
+    name: str
+    options: dict[str, Any]
+
+
+def parse_activation(spec: str | Mapping[str, Any] | ActivationSpec) -> ActivationSpec:
+    """Split a spec into (name, options), checking both and every option's type; raises
+    ValueError naming the fault. A record already parsed is returned as it is."""
+    if isinstance(spec, ActivationSpec):
+        return spec
     if isinstance(spec, str):
         name, options = spec, {}
     elif isinstance(spec, Mapping):
@@ -78,7 +88,7 @@ def parse_activation(spec: str | Mapping[str, Any]) -> tuple[str, dict[str, Any]
                          f"valid options: {valid}")
     for key, value in options.items():
         _check_option(name, key, value, allowed[key])
-    return name, options
+    return ActivationSpec(name, options)
 
 
 def _check_option(name: str, key: str, value: Any, default: Any) -> None:

@@ -11,6 +11,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from pose.activation_spec import parse_activation
 from pose.models.mobilenetv2 import InvertedResidual, conv_norm_act
 
 
@@ -30,6 +31,7 @@ class UpsampleIRHead(nn.Module):
         super().__init__()
         if blocks_per_stage < 1 or not channels:
             raise ValueError("head needs at least one stage and one block per stage")
+        act = parse_activation(act)  # once, for every block
         self.reduce = conv_norm_act(in_channels, channels[0], 1, act)
         stages: list[nn.Module] = []
         width = channels[0]

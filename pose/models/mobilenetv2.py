@@ -16,6 +16,7 @@ from torch import nn
 from torchvision.models.mobilenetv2 import _make_divisible
 from torchvision.ops.misc import Conv2dNormActivation
 
+from pose.activation_spec import parse_activation
 from pose.models.activations import make_activation, pieces
 
 ActSpec = Any  # a name or a mapping, see pose.models.activations
@@ -86,6 +87,7 @@ class MobileNetV2(nn.Module):
                  last_channels: int = 1280, num_classes: Optional[int] = None,
                  dropout: float = 0.2) -> None:
         super().__init__()
+        act = parse_activation(act)  # once, for every block
         channels = _make_divisible(32 * width_mult, 8)
         layers: list[nn.Module] = [conv_norm_act(3, channels, 3, act, stride=2)]
         for t, c, n, s in INVERTED_RESIDUAL_SETTING:
