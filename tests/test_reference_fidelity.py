@@ -186,7 +186,9 @@ def test_paper_defaults_give_the_reference_targets_for_image_keypoints(one_perso
     cfg = paper_config(folder)
     if flip:  # training with a flip and nothing else random
         dataset = TopDownCocoDataset(folder / "ann.json", folder, make_codec(cfg), train=True,
-                                     augmentation=Augmentation(1.0, 0.0, 0.0, 0.0, 0.0, False))
+                                     augmentation=Augmentation(
+                                         flip_prob=1.0, half_body_prob=0.0, scale_factor=0.0,
+                                         rotation_prob=0.0, photometric=False))
     else:
         dataset = build_dataset(cfg, train=False, use_gt_boxes=True)
     item = dataset[0]

@@ -1,6 +1,7 @@
 """Datasets and codec from a config."""
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 from typing import Optional
 
@@ -28,10 +29,8 @@ def crop_settings(cfg: Config) -> CropSettings:
 
 
 def augmentation(cfg: Config) -> Augmentation:
-    d = cfg.data
-    return Augmentation(d.flip_prob, d.half_body_prob, d.half_body_upper_prob, d.half_body_centre,
-                        d.scale_factor, d.rotation_factor, d.rotation_clip, d.rotation_prob,
-                        d.photometric)
+    """The training augmentation: each of its fields is the ``data`` key of the same name."""
+    return Augmentation(**{f.name: getattr(cfg.data, f.name) for f in fields(Augmentation)})
 
 
 def build_dataset(cfg: Config, train: bool, use_gt_boxes: Optional[bool] = None,
