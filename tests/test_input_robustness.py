@@ -21,6 +21,7 @@ from pose.data.heatmap import HeatmapCodec
 from pose.engine import runner
 from pose.checkpoint import load_checkpoint
 from pose.errors import DataError, DataWarning
+from pose.models import build_model
 
 from conftest import ROOT, run_tool_in_process as run_tool
 from test_engine import SYNTHETIC_CONFIG, assert_same_run, tiny_overrides
@@ -127,7 +128,7 @@ def test_every_bad_file_is_one_line_and_exit_2_in_train_and_test(data_copy, tmp_
     pristine = {f: f.read_text() for f in (val_file(data_copy), train_file(data_copy))}
     overrides = tiny_overrides(data_copy, **{"data.num_workers": workers})
     checkpoint = tmp_path / "random.pth"
-    torch.save({"model": runner.build_model(load_config(SYNTHETIC_CONFIG, overrides).model)
+    torch.save({"model": build_model(load_config(SYNTHETIC_CONFIG, overrides).model)
                 .state_dict()}, checkpoint)
     for name, file_of, change, words in FILE_CASES:
         path = corrupt(data_copy, file_of, change)
@@ -437,7 +438,7 @@ def test_a_worker_error_reaches_the_user_as_its_own_message(synthetic_data):
 
 def random_checkpoint(tmp_path, overrides):
     path = tmp_path / "random.pth"
-    torch.save({"model": runner.build_model(load_config(SYNTHETIC_CONFIG, overrides).model)
+    torch.save({"model": build_model(load_config(SYNTHETIC_CONFIG, overrides).model)
                 .state_dict()}, path)
     return path
 

@@ -31,7 +31,6 @@ from pose.errors import DataError, PoseError
 from pose.engine.tasks import make_task
 from pose.estimator import (AMP_DTYPES, checkpoint_keypoint_set, model_from_checkpoint,
                             resolve_device)
-from pose.models import build_model
 from pose.utils import atomic_write_json
 
 __all__ = ["run_test", "run_training"]

@@ -23,6 +23,7 @@ class PoseTask:
     """Top-down pose estimation; scored by COCO keypoint AP (pycocotools)."""
 
     metric = "AP"
+    batch_transform: Optional[Callable] = None  # batches are used as collated
 
     def __init__(self, cfg: Config, train: bool, use_gt_boxes: Optional[bool] = None,
                  det_file: Optional[str] = None) -> None:
@@ -90,8 +91,6 @@ class PoseTask:
         start = f" (backbone from {self.backbone_init})" if self.backbone_init else ""
         return f"{m.backbone.act} / {m.head.act}{start}"
 
-    batch_transform: Optional[Callable] = None
-
 
 class ClassificationTask:
     """Image classification in the ImageNet folder layout; scored by top-1 and top-5
@@ -104,7 +103,7 @@ class ClassificationTask:
         from pose.data.classification import (ImageFolderDataset, batch_transform,
                                               eval_transform, train_transform)
 
-        d = self.cfg_data = cfg.data
+        d = cfg.data
         self.cfg = cfg
         self.train_set = ImageFolderDataset(
             data_path(cfg, d.train_images),
