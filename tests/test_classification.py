@@ -218,3 +218,13 @@ def test_ddp_on_two_cpu_processes_scores_every_validation_image_once(tmp_path):
     single = run_test(load_config(tmp_path / "ddp/config.yaml"), tmp_path / "single",
                       checkpoint=str(tmp_path / "ddp/latest.pth"))
     assert single["final"] == pytest.approx(metrics["final"], abs=1e-9)
+
+
+def test_pose_only_test_options_are_one_line_for_a_classifier(trained, capfd):
+    work, _ = trained
+    for args, words in [(["--oracle"], "a classifier has none"),
+                        (["--checkpoint", work / "best.pth", "--gt-boxes"], "--gt-boxes")]:
+        status, _, err = run_tool(capfd, "test", "--config", work / "config.yaml", *args,
+                                  "--work-dir", work / "refused")
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert status == 2 and len(lines) == 1 and words in lines[0], err

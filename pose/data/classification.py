@@ -21,6 +21,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Optional
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 
@@ -83,19 +84,27 @@ class ImageFolderDataset(Dataset):
         self.folder = Path(folder)
         if not self.folder.is_dir():
             raise DataError(f"image folder not found: {self.folder}")
-        found = sorted(p.name for p in self.folder.iterdir() if p.is_dir())
+        strangers: list[str] = []
+
+        def is_image(path: str) -> bool:  # ImageFolder asks this of every file, once
+            image = path.lower().endswith(IMAGE_SUFFIXES)
+            if not image and not Path(path).name.startswith("."):
+                strangers.append(path)
+            return image
+
+        self.images = ImageFolder(str(self.folder), loader=load_image, is_valid_file=is_image,
+                                  allow_empty=True)
+        found = self.images.classes
         if not found:
             raise DataError(f"{self.folder} holds no class folder (the layout is "
                             f"{self.folder}/<class>/<image>)")
-        for name in found:
-            files = [p for p in (self.folder / name).iterdir() if not p.name.startswith(".")]
-            strangers = [p for p in files if p.suffix.lower() not in IMAGE_SUFFIXES]
-            if strangers:
-                raise DataError(f"{strangers[0]} is not an image file "
-                                f"({', '.join(IMAGE_SUFFIXES)}); a class folder holds images "
-                                f"only")
-            if not files:
-                raise DataError(f"class folder {self.folder / name} holds no image file")
+        if strangers:
+            raise DataError(f"{strangers[0]} is not an image file ({', '.join(IMAGE_SUFFIXES)})"
+                            f"; a class folder holds images only")
+        counts = np.bincount([label for _, label in self.images.samples], minlength=len(found))
+        if (counts == 0).any():
+            empty = found[int(np.flatnonzero(counts == 0)[0])]
+            raise DataError(f"class folder {self.folder / empty} holds no image file")
         if classes is not None and found != list(classes):
             missing = sorted(set(found) - set(classes))
             absent = sorted(set(classes) - set(found))
@@ -103,8 +112,6 @@ class ImageFolderDataset(Dataset):
                       else f"no folder for training classes {', '.join(absent[:5])}")
             raise DataError(f"{self.folder}: {detail} (the two splits must have the same "
                             f"class folders)")
-        self.images = ImageFolder(str(self.folder), loader=load_image,
-                                  is_valid_file=lambda p: p.lower().endswith(IMAGE_SUFFIXES))
         for path, _ in self.images.samples:
             reason = damaged_image(Path(path))
             if reason:
@@ -138,9 +145,9 @@ def batch_transform(num_classes: int, mixup_alpha: float) -> Optional[Callable]:
     return mix
 
 
-def top_k_correct(logits: torch.Tensor, labels: torch.Tensor, ks=(1, 5)) -> list[int]:
-    """How many of the batch's labels are among the top k classes, for each k (k capped at
-    the number of classes)."""
+def top_k_hits(logits: torch.Tensor, labels: torch.Tensor, ks=(1, 5)) -> torch.Tensor:
+    """(N, len(ks)) booleans: whether each sample's label is among its top k classes, for each
+    k (k capped at the number of classes)."""
     top = logits.topk(min(max(ks), logits.shape[1]), dim=1).indices
     hits = top == labels[:, None]
-    return [int(hits[:, :k].any(1).sum()) for k in ks]
+    return torch.stack([hits[:, :k].any(1) for k in ks], dim=1)

@@ -92,6 +92,7 @@ def train_one_epoch(model: nn.Module, loader, optimizer, scheduler, scaler, devi
     ``loss_fn(output, batch, device)`` is the task's loss (default: the heatmap loss of a
     pose batch); ``batch_transform`` changes each collated batch first (MixUp)."""
     model.train()
+    loss_fn = loss_fn or heatmap_batch_loss(cfg)
     total = len(loader) if not cfg.max_iters_per_epoch else min(len(loader),
                                                                   cfg.max_iters_per_epoch)
     progress = None
@@ -113,7 +114,7 @@ def train_one_epoch(model: nn.Module, loader, optimizer, scheduler, scaler, devi
             images = images.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             output = model(images)
-        loss = (loss_fn or heatmap_batch_loss(cfg))(output, batch, device)
+        loss = loss_fn(output, batch, device)
         if not torch.isfinite(loss):
             raise NonFiniteLossError(
                 f"non-finite loss ({loss.item()}) at epoch {epoch + 1}, iteration {i + 1} "

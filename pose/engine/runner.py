@@ -27,10 +27,9 @@ from pose.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng
 from pose.engine.distributed import (DistInfo, barrier, broadcast_buffers, cleanup,
                                      init_distributed)
 from pose.engine.loop import build_optimizer, build_scheduler, train_one_epoch
-from pose.errors import DataError, PoseError
+from pose.errors import PoseError
 from pose.engine.tasks import make_task
-from pose.estimator import (AMP_DTYPES, checkpoint_keypoint_set, model_from_checkpoint,
-                            resolve_device)
+from pose.estimator import AMP_DTYPES, resolve_device
 from pose.utils import atomic_write_json
 
 __all__ = ["run_test", "run_training"]
@@ -136,8 +135,7 @@ def _train(cfg: Config, work_dir: Path, resume: bool, device: torch.device,
     val_loader = make_loader(val_set, cfg.eval.batch_size, False, info, cfg.data.num_workers,
                              cfg.runtime.seed, device)
     if len(train_loader) == 0:
-        source = getattr(train_set, "ann_file", None) or train_set.folder
-        raise PoseError(f"training set {source} yields no batch of {t.batch_size}")
+        raise PoseError(f"training set {task.train_source} yields no batch of {t.batch_size}")
     iters_per_epoch = min(len(train_loader), t.max_iters_per_epoch or len(train_loader))
     optimizer = build_optimizer(model, t)
     scheduler = build_scheduler(optimizer, iters_per_epoch, t)
@@ -245,43 +243,21 @@ def run_test(cfg: Config, work_dir: str | Path, checkpoint: Optional[str] = None
     info = init_distributed(device.type)
     try:
         _set_threads(cfg)
-        if oracle and cfg.model.type != "pose":
-            raise PoseError("--oracle scores a pose codec's own targets; a classifier has none")
-        if oracle:
-            use_gt_boxes = True  # targets exist only for annotated people
-        state = None if oracle else load_checkpoint(checkpoint)
-        task = make_task(cfg, train=False, use_gt_boxes=use_gt_boxes, det_file=det_file) \
-            if cfg.model.type == "pose" else make_task(cfg, train=False)
+        task = make_task(cfg, train=False, use_gt_boxes=use_gt_boxes, det_file=det_file,
+                         oracle=oracle)
         dataset = task.val_set
         loader = make_loader(dataset, cfg.eval.batch_size, False, info, cfg.data.num_workers,
                              cfg.runtime.seed, device)
-        model = None
-        if not oracle:
-            trained = checkpoint_keypoint_set(state, cfg)
-            if cfg.model.type == "pose" and trained.names != task.keypoint_set.names and \
-                    "keypoint_set" in state:
-                raise DataError(f"checkpoint {checkpoint} was trained on {len(trained)} "
-                                f"keypoints ({', '.join(trained.names[:3])}, ...); "
-                                f"{dataset.ann_file} names {len(task.keypoint_set)}")
-            model = model_from_checkpoint(cfg, checkpoint, device, state,
-                                          len(getattr(task, "keypoint_set", trained)))
+        model = None if oracle else task.load(checkpoint, load_checkpoint(checkpoint), device)
         task.bind(model, device, oracle=oracle)
         if info.is_main:
             work_dir.mkdir(parents=True, exist_ok=True)
         barrier(info)
         what = "the oracle (encoded targets)" if oracle else checkpoint
-        metrics = {"checkpoint": None if oracle else str(checkpoint), "samples": len(dataset)}
-        if cfg.model.type == "pose":
-            gt = cfg.eval.use_gt_boxes if use_gt_boxes is None else use_gt_boxes
-            flip = cfg.eval.flip_test and not oracle
-            boxes = "ground-truth boxes" if gt else f"detector boxes from {dataset.det_source}"
-            say(info, f"evaluating {what} on {len(dataset)} {boxes}, flip test "
-                      f"{'on' if flip else 'off'}, {info.world_size} process(es)")
-            metrics.update(oracle=oracle, boxes="gt" if gt else dataset.det_source,
-                           flip_test=flip)
-        else:
-            say(info, f"evaluating {what} on {len(dataset)} images of {dataset.folder}, "
-                      f"{info.world_size} process(es)")
+        setting, extra = task.test_setting(oracle)
+        say(info, f"evaluating {what} on {setting}, {info.world_size} process(es)")
+        metrics = {"checkpoint": None if oracle else str(checkpoint), "samples": len(dataset),
+                   **extra}
         stats = task.evaluate(loader, info, work_dir, progress=True)
         if not info.is_main:
             return None

@@ -15,7 +15,8 @@ from torch import nn
 
 from pose.config import Config
 from pose.engine.evaluate import evaluate
-from pose.errors import DataError
+from pose.engine.loop import heatmap_batch_loss
+from pose.errors import DataError, PoseError
 from pose.models import build_model
 
 
@@ -44,6 +45,8 @@ class PoseTask:
                                 f"{self.train_set.ann_file} ({len(self.val_set.keypoint_set)} "
                                 f"vs {len(self.train_set.keypoint_set)})")
         self.estimator, self.backbone_init = None, None
+        self.loss = heatmap_batch_loss(cfg.train)
+        self.train_source = self.train_set.ann_file if train else None
 
     def build_model(self) -> nn.Module:
         """The pose network; its backbone from ``model.backbone.init`` when set."""
@@ -56,10 +59,26 @@ class PoseTask:
                                                self.cfg.model.backbone)
         return model
 
-    def loss(self, output: torch.Tensor, batch: dict, device: torch.device) -> torch.Tensor:
-        from pose.engine.loop import heatmap_batch_loss
+    def load(self, checkpoint, state: dict, device: torch.device) -> nn.Module:
+        """A checkpoint's model, whose keypoints must be the data's."""
+        from pose.estimator import checkpoint_keypoint_set, model_from_checkpoint
 
-        return heatmap_batch_loss(self.cfg.train)(output, batch, device)
+        trained = checkpoint_keypoint_set(state, self.cfg)
+        if trained.names != self.keypoint_set.names and "keypoint_set" in state:
+            raise DataError(f"checkpoint {checkpoint} was trained on {len(trained)} "
+                            f"keypoints ({', '.join(trained.names[:3])}, ...); "
+                            f"{self.val_set.ann_file} names {len(self.keypoint_set)}")
+        return model_from_checkpoint(self.cfg, checkpoint, device, state,
+                                     len(self.keypoint_set))
+
+    def test_setting(self, oracle: bool) -> tuple[str, dict]:
+        """What a test run evaluates on, as a phrase and as metrics.json's fields."""
+        gt = self.val_set.det_source is None
+        flip = self.cfg.eval.flip_test and not oracle
+        boxes = "ground-truth boxes" if gt else f"detector boxes from {self.val_set.det_source}"
+        return (f"{len(self.val_set)} {boxes}, flip test {'on' if flip else 'off'}",
+                {"oracle": oracle, "boxes": "gt" if gt else self.val_set.det_source,
+                 "flip_test": flip})
 
     def bind(self, model: nn.Module, device: torch.device, oracle: bool = False) -> None:
         """The model (or, with ``oracle``, the encoded targets) evaluation scores."""
@@ -121,6 +140,7 @@ class ClassificationTask:
         self.batch_transform = batch_transform(len(self.classes), d.mixup_alpha) \
             if train else None
         self.model = None
+        self.train_source = self.train_set.folder if train else None
 
     def build_model(self) -> nn.Module:
         return build_model(self.cfg.model)
@@ -131,25 +151,33 @@ class ClassificationTask:
         return nn.functional.cross_entropy(output.float(),
                                            batch["label"].to(device, non_blocking=True))
 
+    def load(self, checkpoint, state: dict, device: torch.device) -> nn.Module:
+        from pose.estimator import model_from_checkpoint
+
+        return model_from_checkpoint(self.cfg, checkpoint, device, state)
+
+    def test_setting(self, oracle: bool) -> tuple[str, dict]:
+        return f"{len(self.val_set)} images of {self.val_set.folder}", {}
+
     def bind(self, model: nn.Module, device: torch.device, oracle: bool = False) -> None:
         self.model, self.device = model, device
 
     @torch.no_grad()
     def evaluate(self, loader, info, work_dir: Path, progress: bool = False):
-        from pose.data.classification import top_k_correct
+        from pose.data.classification import top_k_hits
         from pose.engine.distributed import gather_to_main
+        from pose.estimator import AMP_DTYPES
 
         was_training = self.model.training
         self.model.eval()
-        amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.cfg.train.amp)
+        amp = AMP_DTYPES[self.cfg.train.amp]
         seen = {}  # index -> (top-1 hit, top-5 hit): a DistributedSampler repeats a few
         for batch in loader:
             images = batch["image"].to(self.device, non_blocking=True)
             with torch.autocast(self.device.type, dtype=amp, enabled=amp is not None):
                 logits = self.model(images)
-            labels = batch["label"].to(self.device)
-            for i, index in enumerate(batch["index"].tolist()):
-                seen[index] = top_k_correct(logits[i:i + 1].float(), labels[i:i + 1])
+            hits = top_k_hits(logits.float(), batch["label"].to(self.device))
+            seen.update(zip(batch["index"].tolist(), hits.tolist()))
         self.model.train(was_training)
         shards = gather_to_main({"seen": seen}, info)
         if not info.is_main:
@@ -175,8 +203,16 @@ class ClassificationTask:
         return f"classifier, {self.cfg.model.backbone.act}"
 
 
-def make_task(cfg: Config, train: bool, **kwargs):
-    """The task ``model.type`` names, with its datasets (training set only when ``train``)."""
+def make_task(cfg: Config, train: bool, use_gt_boxes: Optional[bool] = None,
+              det_file: Optional[str] = None, oracle: bool = False):
+    """The task ``model.type`` names, with its datasets (training set only when ``train``);
+    the box options and the oracle (the codec's own targets scored) are a pose evaluation's."""
     if cfg.model.type == "classifier":
+        if oracle:
+            raise PoseError("--oracle scores a pose codec's own targets; a classifier has none")
+        if use_gt_boxes or det_file:
+            raise PoseError("--gt-boxes and --det-file choose a pose evaluation's boxes; a "
+                            "classifier has none")
         return ClassificationTask(cfg, train)
-    return PoseTask(cfg, train, **kwargs)
+    # the oracle's targets exist only for annotated people
+    return PoseTask(cfg, train, True if oracle else use_gt_boxes, det_file)
