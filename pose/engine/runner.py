@@ -243,12 +243,13 @@ def run_test(cfg: Config, work_dir: str | Path, checkpoint: Optional[str] = None
     info = init_distributed(device.type)
     try:
         _set_threads(cfg)
+        state = None if oracle else load_checkpoint(checkpoint)  # before reading any data
         task = make_task(cfg, train=False, use_gt_boxes=use_gt_boxes, det_file=det_file,
                          oracle=oracle)
         dataset = task.val_set
         loader = make_loader(dataset, cfg.eval.batch_size, False, info, cfg.data.num_workers,
                              cfg.runtime.seed, device)
-        model = None if oracle else task.load(checkpoint, load_checkpoint(checkpoint), device)
+        model = None if oracle else task.load(checkpoint, state, device)
         task.bind(model, device, oracle=oracle)
         if info.is_main:
             work_dir.mkdir(parents=True, exist_ok=True)
