@@ -58,7 +58,7 @@ VARIANTS = {"a": {"variant": "a"}, "b": {"variant": "b"}, "c": {"variant": "c"},
 
 def sharing_weights(layer: DyReLU, backend: str) -> DyReLU:
     """The same layer (options and parameters shared) on another backend."""
-    twin = DyReLU(layer.channels, variant=layer.variant, k=layer.k, spatial=layer.spatial,
+    twin = DyReLU(layer.channels, variant=layer.variant, k=layer.settings.k, spatial=layer.spatial,
                   backend=backend)
     twin.fc1, twin.fc2 = layer.fc1, layer.fc2
     if layer.variant == "c":

@@ -10,8 +10,8 @@ autograd saves for backward (the activation memory a step holds at its peak).
         [--json rows.json]
 
 ``--compile`` adds, for each pairing, the same model wrapped in ``torch.compile`` (rows
-marked "compiled"), measured in the same run. Inductor keeps its DY-ReLU layers as the
-registered operators pose::dyrelu_layer and its backward (pose/models/dyrelu/ops.py).
+marked "compiled"), measured in the same run. On the CPU, inductor keeps the native DY-ReLU
+kernels whole, as registered operators (pose/models/dyrelu/ops.py).
 ``--against REV`` adds, for each pairing with a DY-ReLU, the same model with that earlier
 revision's layer (rows marked "REV", benchmarks/legacy.py). ``--json FILE`` also writes the
 rows as JSON (what benchmarks/gpu_check.py reads).

@@ -3,8 +3,9 @@
 ``legacy_dyrelu(rev)`` extracts that revision's layer files (``git archive``) into a temporary
 package and returns its DyReLU class; ``swap_dyrelu(model, cls)`` replaces every DY-ReLU of a
 model by one of ``cls`` with the same options and weights. Works for revisions whose layer is
-``pose/models/activations.py`` + ``dyrelu_function.py`` + ``dyrelu_native.py`` (up to
-8a0c83b, before the layer became the pose/models/dyrelu package).
+the ``pose/models/dyrelu`` package, and for the earlier layout (``pose/models/activations.py``
++ ``dyrelu_function.py`` + ``dyrelu_native.py``). The copy's operator namespaces are renamed,
+so that its operators and native kernels load beside today's.
 """
 from __future__ import annotations
 
@@ -22,23 +23,39 @@ ROOT = Path(__file__).resolve().parents[1]
 FILES = ("activations.py", "dyrelu_function.py", "dyrelu_native.py", "dyrelu_kernels.c")
 
 
+def _package_layout(rev: str) -> bool:
+    listing = subprocess.run(["git", "ls-tree", "--name-only", rev, "pose/models/dyrelu/"],
+                             cwd=ROOT, capture_output=True, check=True, text=True).stdout
+    return bool(listing.strip())
+
+
 def legacy_dyrelu(rev: str) -> type:
     package = f"legacy_dyrelu_{rev[:12]}"
     if package not in sys.modules:
-        archive = subprocess.run(["git", "archive", rev, *[f"pose/models/{f}" for f in FILES]],
+        packaged = _package_layout(rev)
+        paths = ["pose/models/dyrelu"] if packaged else [f"pose/models/{f}" for f in FILES]
+        archive = subprocess.run(["git", "archive", rev, *paths],
                                  cwd=ROOT, capture_output=True, check=True).stdout
         folder = Path(tempfile.mkdtemp(prefix="legacy-dyrelu-"))
         with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
             tar.extractall(folder, filter="data")
         target = folder / package
-        (folder / "pose" / "models").rename(target)
-        (target / "__init__.py").write_text("")
-        for name in FILES[:3]:
-            path = target / name
-            path.write_text(path.read_text().replace("from pose.models import",
-                                                     f"from {package} import"))
+        (folder / "pose" / "models" / ("dyrelu" if packaged else "")).rename(target)
+        (target / "__init__.py").touch()
+        renames = {"from pose.models import": f"from {package} import",
+                   "pose.models.dyrelu": package,
+                   "dyrelu_pose_": f"{package}_",  # the operator namespaces
+                   'Library("pose", ': f'Library("{package}", ',
+                   "torch.ops.pose.": f"torch.ops.{package}.",
+                   '"pose::': f'"{package}::'}
+        for path in target.iterdir():
+            if path.suffix in (".py", ".cpp", ".c"):
+                text = path.read_text()
+                for old, new in renames.items():
+                    text = text.replace(old, new)
+                path.write_text(text)
         sys.path.insert(0, str(folder))
-    return importlib.import_module(f"{package}.activations").DyReLU
+    return importlib.import_module(f"{package}.{'layer' if packaged else 'activations'}").DyReLU
 
 
 def swap_dyrelu(model: nn.Module, cls: type) -> nn.Module:

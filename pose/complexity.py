@@ -30,7 +30,7 @@ def count_madds(model: nn.Module, input_shape: tuple[int, ...]) -> int:
     piecewise = [0]
 
     def add_pieces(module: DyReLU, _inputs, output: torch.Tensor) -> None:
-        piecewise[0] += output.numel() * module.k
+        piecewise[0] += output.numel() * module.settings.k
         if module.variant == "c":
             piecewise[0] += output.numel()  # 1x1 conv C -> 1: C per position
 

@@ -1,5 +1,7 @@
+import copy
 import logging
 import os
+import pickle
 import re
 import subprocess
 import sys
@@ -35,7 +37,7 @@ def formula_dyrelu(module: DyReLU, x: torch.Tensor) -> torch.Tensor:
     """DY-ReLU straight from the paper's formulas, written independently of the package's
     reference: materialises (N, C, H, W, K)."""
     n, c, h, w = x.shape
-    k = module.k
+    k = module.settings.k
     context = x.mean(dim=(2, 3))
     hidden = torch.relu(context @ module.fc1.weight.T + module.fc1.bias)
     theta = 2 * torch.sigmoid(hidden @ module.fc2.weight.T + module.fc2.bias) - 1
@@ -43,15 +45,16 @@ def formula_dyrelu(module: DyReLU, x: torch.Tensor) -> torch.Tensor:
     theta = theta.reshape(n, groups, 2, k).expand(n, c, 2, k)  # A: shared by every channel
     alpha = torch.tensor([1.0] + [0.0] * (k - 1), dtype=x.dtype)
     beta = torch.zeros(k, dtype=x.dtype)
-    res_a = module.lambda_a * theta[:, :, 0]  # (N, C, K)
-    res_b = module.lambda_b * theta[:, :, 1]
+    res_a = module.settings.lambda_a * theta[:, :, 0]  # (N, C, K)
+    res_b = module.settings.lambda_b * theta[:, :, 1]
     a = (alpha + res_a)[:, :, None, None, :].expand(n, c, h, w, k)
     b = (beta + res_b)[:, :, None, None, :].expand(n, c, h, w, k)
     if module.variant == "c":
         z = torch.einsum("nchw,c->nhw", x, module.spatial_conv.weight[0, :, 0, 0])
         z = z + module.spatial_conv.bias
-        soft = torch.softmax(z.reshape(n, h * w) / module.tau, dim=1).reshape(n, 1, h, w, 1)
-        pi = torch.clamp(module.gamma * h * w * soft, max=1.0)
+        soft = torch.softmax(z.reshape(n, h * w) / module.settings.tau, dim=1)
+        soft = soft.reshape(n, 1, h, w, 1)
+        pi = torch.clamp(module.settings.gamma * h * w * soft, max=1.0)
         if module.spatial == "coefficient":
             a, b = pi * a, pi * b
         else:
@@ -225,7 +228,7 @@ def test_every_activation_builds_and_gives_its_channels(name):
 
 def test_activation_mapping_spec_passes_options():
     module = make_activation({"name": "dyrelu_c", "k": 3, "reduction": 2, "tau": 5.0}, 8)
-    assert (module.k, module.fc1.out_features, module.tau) == (3, 4, 5.0)
+    assert (module.settings.k, module.fc1.out_features, module.settings.tau) == (3, 4, 5.0)
     assert make_activation({"name": "prelu"}, 6).weight.numel() == 6
     assert make_activation("prelu_shared", 6).weight.numel() == 1
 
@@ -291,13 +294,13 @@ def test_native_kernels_name_a_missing_setting():
     try:
         native.bind_fields([n for n in names if n != "tau"])  # settings.py without 'tau'
         with pytest.raises(RuntimeError, match="the settings have no 'tau'"):
-            torch.ops.dyrelu_pose_native.forward(x, *weights, module.settings.as_kernel_list)
+            torch.ops.dyrelu_pose_native.forward(x, *weights, module.settings.as_floats())
         native.bind_fields(names)
         with pytest.raises(RuntimeError, match="hold 3 values, 'lambda_a' is field 3"):
-            torch.ops.dyrelu_pose_native.forward(x, *weights, module.settings.as_kernel_list[:3])
+            torch.ops.dyrelu_pose_native.forward(x, *weights, module.settings.as_floats()[:3])
     finally:
         native.bind_fields(names)
-    torch.ops.dyrelu_pose_native.forward(x, *weights, module.settings.as_kernel_list)
+    torch.ops.dyrelu_pose_native.forward(x, *weights, module.settings.as_floats())
 
 
 @pytest.mark.compiled_backend
@@ -349,8 +352,10 @@ def test_compiled_backend_compiles_once_for_every_channel_count(variant):
 
 @pytest.mark.slow(seconds=40)
 def test_whole_model_compile_keeps_the_layer_whole_with_the_same_gradients(backend):
-    # Inside torch.compile the layer is the registered operator (pose::dyrelu_layer and its
-    # backward): no graph break, and the compiled model must learn what the eager one learns.
+    # Inside torch.compile the layer is one autograd function (what it saves for backward
+    # unchanged): around the native kernels' operators, kept whole, or around the compiled
+    # backend's passes, traced into the model's graph. No graph break, and the compiled model
+    # must learn what the eager one learns.
     torch.manual_seed(7)
     model = nn.Sequential(nn.Conv2d(3, C, 3, padding=1), nn.BatchNorm2d(C),
                           randomised(dyrelu(C, backend, variant="c", reduction=2)),
@@ -364,7 +369,11 @@ def test_whole_model_compile_keeps_the_layer_whole_with_the_same_gradients(backe
         torch.testing.assert_close(param.grad, grad, atol=1e-10, rtol=1e-10)
     explained = torch._dynamo.explain(model)(x)
     assert explained.graph_break_count == 0
-    assert "torch.ops.pose.dyrelu_layer" in str(explained.graphs[0].code)
+    code = explained.graphs[0].print_readable(print_output=False)  # with the subgraphs
+    assert "autograd_function_apply" in code
+    if backend == "native":
+        assert "torch.ops.dyrelu_pose_native.forward" in code
+        assert "torch.ops.dyrelu_pose_native.backward" in code
 
 
 class _EveryVariant(nn.Module):
@@ -387,7 +396,8 @@ class _EveryVariant(nn.Module):
 def test_compiled_backend_shares_graphs_across_training_inference_eager_and_compiled():
     # A compiled function keeps one graph per state it is called in; past its recompile limit
     # it would run eagerly for good. Inference after training, and a compiled model after an
-    # eager one, must not add graphs (compiled._detached, _below_autograd).
+    # eager one, must not add graphs (compiled.py calls them without grad, on detached
+    # tensors).
     torch.manual_seed(8)
     model = _EveryVariant().double()
     inputs = [torch.randn(N, 3, H, W, dtype=torch.float64),  # H*W = 63 and 5120
@@ -399,8 +409,8 @@ def test_compiled_backend_shares_graphs_across_training_inference_eager_and_comp
         for x in inputs:
             model(x)
     assert _compiled_graph_counts() == trained
-    # The model's own compiler does not matter here (the whole-model test above runs
-    # inductor): the layer's graphs are kept by compiled.py's functions either way.
+    # A compiled model traces the passes into its own graphs (the whole-model test above runs
+    # inductor; the model's compiler does not matter here).
     compiled_model = torch.compile(model, backend="aot_eager")
     for x in inputs:
         compiled_model(x).sum().backward()
@@ -484,6 +494,15 @@ def test_a_compile_failure_warns_and_uses_the_reference_backend(monkeypatch):
         torch.testing.assert_close(y, reference_dyrelu(module, x))
     finally:
         ops.resolve.cache_clear()
+
+
+def test_a_layer_that_has_run_pickles_and_copies(backend):
+    module = randomised(dyrelu(6, backend, variant="c", reduction=2)).double()
+    x = torch.randn(2, 6, 3, 3, dtype=torch.float64)
+    expected = module(x)
+    for twin in (pickle.loads(pickle.dumps(module)), copy.deepcopy(module)):
+        torch.testing.assert_close(twin(x), expected)
+        assert twin._backends == module._backends
 
 
 def test_errors_at_run_time_propagate_and_change_no_backend(backend):

@@ -15,12 +15,12 @@ Dynamic shapes: one compilation serves layers of every size. Mode "residual" kee
 backward passes compiled one by one, with the small work between them eager: compiled whole,
 inductor stores its per-position slopes and intercepts as full-size tensors.
 
-Contract of ``forward`` and ``backward``: as ``ops.py`` states for every backend; the small
+``forward`` and ``backward`` keep the contract of every fast backend (ops.py) and take the
+settings record itself. A model compiled whole traces them into its own graphs. The small
 tensors are in the parameters' precision.
 """
 from __future__ import annotations
 
-import contextlib
 import inspect
 from typing import Callable, NamedTuple, Optional
 
@@ -279,24 +279,28 @@ _compiled_forward = _LazyCompiled(_forward)
 _compiled_backward = _LazyCompiled(_backward)
 _separately_compiled_passes = _Passes(*map(_LazyCompiled, _PLAIN_PASSES))
 
-# Graphs are kept per state they are called in (dynamo guards on grad mode, autocast and the
-# dispatch state); called below autograd, without grad and with detached tensors, as inside a
-# compiled model, eager and compiled models, training, inference and gradient checks share
-# one. The dispatch guard is private PyTorch API; without it they only keep separate graphs.
-_below_autograd = getattr(torch._C, "_AutoDispatchBelowADInplaceOrView", contextlib.nullcontext)
-
-
+# Graphs are kept per state they are called in (dynamo guards on grad mode and autocast):
+# called without grad or autocast and with detached tensors, training, inference and gradient
+# checks share one.
 def _detached(*tensors: Optional[Tensor]):
     return [None if t is None else t.detach() for t in tensors]
 
 
+def _like(x: Tensor, result: Tensor) -> Tensor:
+    """``result`` laid out as ``torch.empty_like(x)`` lays it out."""
+    if result.stride() == x.stride():
+        return result
+    return torch.empty_like(x, dtype=result.dtype).copy_(result)
+
+
 def forward(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, spatial_weight, spatial_bias,
             settings: DyReLUSettings):
-    with _below_autograd(), torch.no_grad(), torch.autocast(x.device.type, enabled=False):
+    with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
         weights = _detached(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias,
                             None if spatial_weight is None else spatial_weight.view(-1),
                             spatial_bias)
-        return _compiled_forward(*weights, settings)
+        y, context, softmax = _compiled_forward(*weights, settings)
+    return _like(x, y), context, context.new_empty(0) if softmax is None else softmax
 
 
 def backward(grad, x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, spatial_weight, context,
@@ -305,10 +309,14 @@ def backward(grad, x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, spatial_weight
         # e.g. the expanded gradient of y.sum(): laid out as x, it takes x's graph (dynamo
         # guards on strides) instead of compiling one for its layout.
         grad = torch.empty_like(x).copy_(grad)
-    with _below_autograd(), torch.no_grad(), torch.autocast(x.device.type, enabled=False):
+    spatial = spatial_weight is not None
+    with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
         inputs = (*_detached(grad, x, fc1_weight, fc1_bias, fc2_weight, fc2_bias,
-                             None if spatial_weight is None else spatial_weight.view(-1),
-                             context, softmax), settings, input_grad)
-        if settings.spatial == "residual":
-            return _backward(*inputs, passes=_separately_compiled_passes)
-        return _compiled_backward(*inputs)
+                             spatial_weight.view(-1) if spatial else None, context,
+                             softmax if spatial else None), settings, input_grad)
+        passes = _separately_compiled_passes if settings.spatial == "residual" else None
+        grad_x, *grad_fc, grad_sw, grad_sb = (
+            _backward(*inputs, passes=passes) if passes else _compiled_backward(*inputs))
+    return [_like(x, grad_x) if input_grad else x.new_empty(0), *grad_fc,
+            grad_sw.view(spatial_weight.shape) if spatial else x.new_empty(0),
+            grad_sb.view(1) if spatial else x.new_empty(0)]

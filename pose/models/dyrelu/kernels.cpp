@@ -8,9 +8,11 @@
 // between the passes, and only the first pass over x reads memory. Backward also sums the
 // parameters' gradients over the batch, so no torch operation follows it.
 //
-// x, y and the gradients are contiguous (N, C, H*W) in float or double; the weights are
-// contiguous as nn.Linear and the 1x1 conv hold them. alpha = (1, 0, ...), beta = 0. Piece
-// ties go to the later piece, so with ReLU's coefficients the gradient at 0 is 0.
+// The loops take x, y and the gradients as contiguous (N, C, H*W) in float or double, and the
+// weights as nn.Linear and the 1x1 conv hold them; the operators take any layout and return y
+// and the input gradient in x's (a channels_last x is copied to and from contiguous memory).
+// alpha = (1, 0, ...), beta = 0. Piece ties go to the later piece, so with ReLU's
+// coefficients the gradient at 0 is 0.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -63,6 +65,10 @@ void bind_fields(const c10::List<std::string> &names) {
     }
 }
 
+// The record's scalar fields that the loops read, each declared and read once from this list;
+// a new scalar option is added here and where the loops use it (l.<name>).
+#define DYRELU_SCALAR_SETTINGS(X) X(lambda_a) X(lambda_b) X(tau) X(gamma)
+
 double setting(Settings settings, const char *name) {
     auto &positions = field_positions();
     auto found = positions.find(name);
@@ -84,7 +90,9 @@ struct Layer {
     const real *fc2_weight, *fc2_bias;  // (groups * 2 * K, hidden), (groups * 2 * K)
     const real *spatial_weight;         // (C) or null: variant C's 1x1 conv
     const real *spatial_bias;           // (1) or null
-    real lambda_a, lambda_b, tau, gamma;
+#define DECLARE_SETTING(name) real name;
+    DYRELU_SCALAR_SETTINGS(DECLARE_SETTING)
+#undef DECLARE_SETTING
     int mode;
 };
 
@@ -579,16 +587,28 @@ void parameter_grads(const Layer<real> &l, const real *context, const PerSample<
 }
 
 void check_inputs(const at::Tensor &x, std::initializer_list<const at::Tensor *> others) {
-    TORCH_CHECK(x.device().is_cpu() && x.dim() == 4 && x.is_contiguous(),
-                "dyrelu_pose_native: x must be a contiguous (N, C, H, W) CPU tensor");
+    TORCH_CHECK(x.device().is_cpu() && x.dim() == 4,
+                "dyrelu_pose_native: x must be an (N, C, H, W) CPU tensor");
     TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
                 "dyrelu_pose_native: float32 or float64 only, got ", x.scalar_type());
     for (const at::Tensor *t : others)
         TORCH_CHECK(!t->defined() || (t->scalar_type() == x.scalar_type() &&
-                                      t->device().is_cpu() && t->is_contiguous()),
-                    "dyrelu_pose_native: every tensor must be contiguous, on the CPU, in ",
-                    x.scalar_type());
+                                      t->device().is_cpu()),
+                    "dyrelu_pose_native: every tensor must be on the CPU, in ", x.scalar_type());
 }
+
+// The tensor, or a contiguous copy of it; an undefined one stays undefined.
+at::Tensor dense(const at::Tensor &t) { return t.defined() ? t.contiguous() : t; }
+
+// A contiguous tensor the loops write, handed back in x's layout, as at::empty_like(x) lays
+// it out (what the operators promise to torch.compile).
+struct OutputLike {
+    at::Tensor out, work;
+    explicit OutputLike(const at::Tensor &x) : out(at::empty_like(x)) {
+        work = out.is_contiguous() ? out : at::empty(x.sizes(), x.options());
+    }
+    at::Tensor result() { return work.is_same(out) ? out : out.copy_(work); }
+};
 
 template <typename real>
 Layer<real> make_layer(const at::Tensor &x, const at::Tensor &fc1_weight,
@@ -612,61 +632,67 @@ Layer<real> make_layer(const at::Tensor &x, const at::Tensor &fc1_weight,
     l.fc2_bias = ptr(fc2_bias);
     l.spatial_weight = ptr(spatial_weight);
     l.spatial_bias = ptr(spatial_bias);
-    l.lambda_a = real(setting(s, "lambda_a"));
-    l.lambda_b = real(setting(s, "lambda_b"));
-    l.tau = real(setting(s, "tau"));
-    l.gamma = real(setting(s, "gamma"));
+#define READ_SETTING(name) l.name = real(setting(s, #name));
+    DYRELU_SCALAR_SETTINGS(READ_SETTING)
+#undef READ_SETTING
     l.mode = int(setting(s, "spatial"));
     TORCH_CHECK((l.mode == MODE_PLAIN) == (l.spatial_weight == nullptr),
                 "dyrelu_pose_native: the spatial conv is given exactly in the attention modes");
     return l;
 }
 
-// Forward: y, the pooled context (N, C) and, for variant C, the softmax (N, H*W) that backward
-// needs (else an empty tensor).
+// Forward: y (laid out as x), the pooled context (N, C) and, for variant C, the softmax
+// (N, H*W) that backward needs (else an empty (0) tensor).
 std::tuple<at::Tensor, at::Tensor, at::Tensor> forward(
-    const at::Tensor &x, const at::Tensor &fc1_weight, const at::Tensor &fc1_bias,
-    const at::Tensor &fc2_weight, const at::Tensor &fc2_bias,
+    const at::Tensor &x_in, const at::Tensor &fc1_weight_in, const at::Tensor &fc1_bias,
+    const at::Tensor &fc2_weight_in, const at::Tensor &fc2_bias,
     const std::optional<at::Tensor> &spatial_weight, const std::optional<at::Tensor> &spatial_bias,
     Settings s) {
-    at::Tensor sw = spatial_weight.value_or(at::Tensor()), sb = spatial_bias.value_or(at::Tensor());
+    at::Tensor x = x_in.contiguous(), fc1_weight = fc1_weight_in.contiguous();
+    at::Tensor fc2_weight = fc2_weight_in.contiguous();
+    at::Tensor sw = dense(spatial_weight.value_or(at::Tensor()));
+    at::Tensor sb = spatial_bias.value_or(at::Tensor());
     check_inputs(x, {&fc1_weight, &fc1_bias, &fc2_weight, &fc2_bias, &sw, &sb});
     long n = x.size(0), hw = x.size(2) * x.size(3);
-    at::Tensor y = at::empty_like(x), context = at::empty({n, x.size(1)}, x.options());
-    at::Tensor softmax = at::empty({sw.defined() ? n : 0, sw.defined() ? hw : 0}, x.options());
+    OutputLike y(x_in);
+    at::Tensor context = at::empty({n, x.size(1)}, x.options());
+    at::Tensor softmax = sw.defined() ? at::empty({n, hw}, x.options())
+                                      : at::empty({0}, x.options());
     AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "dyrelu_pose_native::forward", [&] {
         Layer<scalar_t> l = make_layer<scalar_t>(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias,
                                                  sw, sb, s);
         const scalar_t *xp = x.data_ptr<scalar_t>();
-        scalar_t *yp = y.data_ptr<scalar_t>(), *cp = context.data_ptr<scalar_t>();
+        scalar_t *yp = y.work.data_ptr<scalar_t>(), *cp = context.data_ptr<scalar_t>();
         scalar_t *sp = sw.defined() ? softmax.data_ptr<scalar_t>() : nullptr;
         for_each_sample(l, [&](Scratch<scalar_t> &scratch, long i) {
             forward_sample(l, scratch, i, xp, yp, cp, sp);
         });
     });
-    return {y, context, softmax};
+    return {y.result(), context, softmax};
 }
 
-// Backward: the gradients of x (empty unless input_grad), fc1 and fc2 (weight, bias) and, for
-// variant C, the 1x1 conv's weight (C) and bias (1) (else empty). The conv's bias only
-// enters the softmax, whose saved output backward uses instead.
-std::vector<at::Tensor> backward(const at::Tensor &grad_y, const at::Tensor &x,
-                                 const at::Tensor &fc1_weight, const at::Tensor &fc1_bias,
-                                 const at::Tensor &fc2_weight, const at::Tensor &fc2_bias,
+// Backward: the gradients of x (laid out as x; empty unless input_grad), fc1 and fc2 (weight,
+// bias) and, for variant C, the 1x1 conv's weight and bias, shaped as they are (else empty).
+// The conv's bias only enters the softmax, whose saved output backward uses instead.
+std::vector<at::Tensor> backward(const at::Tensor &grad_y, const at::Tensor &x_in,
+                                 const at::Tensor &fc1_weight_in, const at::Tensor &fc1_bias,
+                                 const at::Tensor &fc2_weight_in, const at::Tensor &fc2_bias,
                                  const std::optional<at::Tensor> &spatial_weight,
                                  const at::Tensor &context, const at::Tensor &softmax,
                                  Settings s, bool input_grad) {
-    at::Tensor grad = grad_y.contiguous(), sw = spatial_weight.value_or(at::Tensor());
+    at::Tensor x = x_in.contiguous(), grad = grad_y.contiguous();
+    at::Tensor fc1_weight = fc1_weight_in.contiguous(), fc2_weight = fc2_weight_in.contiguous();
+    at::Tensor sw = dense(spatial_weight.value_or(at::Tensor()));
     check_inputs(x, {&grad, &fc1_weight, &fc1_bias, &fc2_weight, &fc2_bias, &sw, &context,
                      &softmax});
     bool spatial = sw.defined();
-    at::Tensor grad_x = input_grad ? at::empty_like(x) : at::empty({0}, x.options());
-    std::vector<at::Tensor> grads = {grad_x,
+    OutputLike grad_x(input_grad ? x_in : at::empty({0}, x.options()));
+    std::vector<at::Tensor> grads = {at::Tensor(),
                                      at::empty_like(fc1_weight),
                                      at::empty_like(fc1_bias),
                                      at::empty_like(fc2_weight),
                                      at::empty_like(fc2_bias),
-                                     at::empty({spatial ? x.size(1) : 0}, x.options()),
+                                     spatial ? at::empty_like(sw) : at::empty({0}, x.options()),
                                      at::empty({spatial ? 1 : 0}, x.options())};
     AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "dyrelu_pose_native::backward", [&] {
         Layer<scalar_t> l = make_layer<scalar_t>(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias,
@@ -676,7 +702,7 @@ std::vector<at::Tensor> backward(const at::Tensor &grad_y, const at::Tensor &x,
         };
         const scalar_t *gp = grad.data_ptr<scalar_t>(), *xp = x.data_ptr<scalar_t>();
         const scalar_t *cp = context.data_ptr<scalar_t>(), *sp = ptr(softmax);
-        scalar_t *gxp = input_grad ? grad_x.data_ptr<scalar_t>() : nullptr;
+        scalar_t *gxp = input_grad ? grad_x.work.data_ptr<scalar_t>() : nullptr;
         PerSample<scalar_t> keep(l);
         for_each_sample(l, [&](Scratch<scalar_t> &scratch, long i) {
             backward_sample(l, scratch, i, gp, xp, cp, sp, gxp, keep);
@@ -684,6 +710,7 @@ std::vector<at::Tensor> backward(const at::Tensor &grad_y, const at::Tensor &x,
         parameter_grads(l, cp, keep, ptr(grads[1]), ptr(grads[2]), ptr(grads[3]),
                         ptr(grads[4]), ptr(grads[5]), ptr(grads[6]));
     });
+    grads[0] = grad_x.result();
     return grads;
 }
 

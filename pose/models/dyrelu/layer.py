@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+from typing import Callable
 
 import torch
 from torch import nn
@@ -82,9 +83,10 @@ class DyReLU(nn.Module):
         self.settings = DyReLUSettings(
             k=k, channelwise=variant != "a", spatial=spatial if variant == "c" else "plain",
             lambda_a=lambda_a, lambda_b=lambda_b, tau=tau, gamma=gamma)
-        self._settings_floats = self.settings.as_floats()
-        self.channels, self.variant, self.spatial, self.backend = channels, variant, spatial, backend
+        self.channels, self.variant, self.spatial = channels, variant, spatial
+        self.backend = backend
         self._backends: dict[tuple, str] = {}  # (device, dtype, parameter dtype) -> backend
+        self._routes: dict[tuple, Callable] = {}  # the same and whether tracing -> function
         self.groups = channels if self.settings.channelwise else 1
         hidden = max(int(channels // reduction), 1)
         self.fc1 = nn.Linear(channels, hidden)
@@ -95,13 +97,6 @@ class DyReLU(nn.Module):
         if init == "relu":
             nn.init.zeros_(self.fc2.weight)
             nn.init.zeros_(self.fc2.bias)
-
-    # The record's fields, read as the module's attributes.
-    k = property(lambda self: self.settings.k)
-    lambda_a = property(lambda self: self.settings.lambda_a)
-    lambda_b = property(lambda self: self.settings.lambda_b)
-    tau = property(lambda self: self.settings.tau)
-    gamma = property(lambda self: self.settings.gamma)
 
     def _weights(self):
         fc1, fc2, conv = self.fc1, self.fc2, self.spatial_conv
@@ -118,22 +113,32 @@ class DyReLU(nn.Module):
         output without its bias (variant C)."""
         return reference.attention(logits, self.spatial_conv.bias, self.settings)
 
-    @torch.compiler.disable
-    def _resolve(self, key: tuple) -> str:
-        device, dtype, weight_dtype = key
-        self._backends[key] = ops.resolve(self.backend, device, dtype, weight_dtype)
-        return self._backends[key]
+    def _route(self, key: tuple) -> Callable[..., torch.Tensor]:
+        """The function that runs this layer for inputs keyed as in ``forward``, made at the
+        first call for each key: the reference while tracing, else the backend resolved for
+        the device and dtypes."""
+        if key[-1]:  # tracing: exporters trace the reference, and nothing is resolved
+            return ops.route("reference", self.settings)
+        return self._resolved_route(key)
+
+    @torch.compiler.disable  # resolving builds kernels and compiles: none of it is traced
+    def _resolved_route(self, key: tuple) -> Callable[..., torch.Tensor]:
+        device, dtype, weight_dtype, _ = key
+        backend = ops.resolve(self.backend, device, dtype, weight_dtype)
+        self._backends[(device, dtype, weight_dtype)] = backend
+        self._routes[key] = ops.route(backend, self.settings)
+        return self._routes[key]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weights = self._weights()
-        if _tracing():
-            return reference.dyrelu(x, *weights, self.settings)
-        key = (x.device, x.dtype, weights[0].dtype)
-        backend = self._backends.get(key) or self._resolve(key)
-        if backend == "reference":
-            return reference.dyrelu(x, *weights, self.settings)
-        return ops.layer(x, *weights, self._settings_floats, backend)[0]
+        key = (x.device, x.dtype, self.fc1.weight.dtype, _tracing())
+        route = self._routes.get(key) or self._route(key)
+        return route(x, *self._weights())
+
+    def __getstate__(self) -> dict:
+        # Routes are functions made at run time, which pickle cannot save: a copy (pickled,
+        # deep-copied) makes its own at its first call.
+        return {**self.__dict__, "_routes": {}}
 
     def extra_repr(self) -> str:
-        return (f"channels={self.channels}, variant={self.variant}, k={self.k}, "
+        return (f"channels={self.channels}, variant={self.variant}, k={self.settings.k}, "
                 f"backend={self.backend}")

@@ -8,7 +8,8 @@ ninja. The kernels are built for this CPU's instruction set (``-march=native`` o
 the extension's name carries a hash of the CPU's feature flags: a home directory shared by
 different machines keeps one build each.
 
-It serves float32 and float64 on the CPU; ops.py chooses it where it applies.
+It serves float32 and float64 on the CPU, as the operators ``dyrelu_pose_native::forward``
+and ``backward`` with the contract ops.py states; ops.py chooses it where it applies.
 """
 from __future__ import annotations
 
@@ -91,20 +92,5 @@ def build_error() -> Optional[str]:
 
 
 def supports(x: torch.Tensor, weight_dtype: torch.dtype) -> bool:
-    """Whether the kernels can take x with parameters of ``weight_dtype`` (any layout: a
-    channels_last x is made contiguous first)."""
+    """Whether the kernels can take x with parameters of ``weight_dtype`` (in any layout)."""
     return x.device.type == "cpu" and x.dtype in DTYPES and weight_dtype == x.dtype
-
-
-def forward(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, spatial_weight, spatial_bias,
-            settings: DyReLUSettings):
-    return torch.ops.dyrelu_pose_native.forward(
-        x.contiguous(), fc1_weight.contiguous(), fc1_bias, fc2_weight.contiguous(), fc2_bias,
-        spatial_weight, spatial_bias, settings.as_kernel_list)
-
-
-def backward(grad, x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, spatial_weight, context,
-             softmax, settings: DyReLUSettings, input_grad: bool):
-    return torch.ops.dyrelu_pose_native.backward(
-        grad, x.contiguous(), fc1_weight.contiguous(), fc1_bias, fc2_weight.contiguous(),
-        fc2_bias, spatial_weight, context, softmax, settings.as_kernel_list, input_grad)

@@ -12,7 +12,6 @@ the names to their positions once, ``field_names``).
 from __future__ import annotations
 
 import dataclasses
-import functools
 from dataclasses import dataclass
 
 from pose.activation_spec import DyReLUOptions
@@ -62,11 +61,6 @@ class DyReLUSettings:
         """The fields in order, as the native kernels and the operator's schema take them."""
         return [float(SPATIAL_MODES.index(v) if f.name == "spatial" else v)
                 for f in dataclasses.fields(self) for v in [getattr(self, f.name)]]
-
-    @functools.cached_property
-    def as_kernel_list(self) -> list[float]:
-        """``as_floats()``, built once per record."""
-        return self.as_floats()
 
     @classmethod
     def field_names(cls) -> list[str]:
