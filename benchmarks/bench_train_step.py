@@ -59,9 +59,14 @@ def train_step(backbone: str, head: str, compiled: bool, revision: str, args, de
         images = images.contiguous(memory_format=torch.channels_last)
     target = torch.rand(args.batch, 17, args.size[0] // 4, args.size[1] // 4, device=device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-    if compiled:
-        model = torch.compile(model)
     amp = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.amp]
+    if compiled:
+        # One eager call first, as docs/performance.md advises: each DY-ReLU layer chooses
+        # its backend at its first call, which torch.compile would otherwise meet as a
+        # graph break in every layer.
+        with torch.no_grad(), torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+            model(images[:1])
+        model = torch.compile(model)
     scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
 
     def step():

@@ -31,8 +31,8 @@ def _package_layout(rev: str) -> bool:
 
 def legacy_dyrelu(rev: str) -> type:
     package = f"legacy_dyrelu_{rev[:12]}"
+    packaged = _package_layout(rev)
     if package not in sys.modules:
-        packaged = _package_layout(rev)
         paths = ["pose/models/dyrelu"] if packaged else [f"pose/models/{f}" for f in FILES]
         archive = subprocess.run(["git", "archive", rev, *paths],
                                  cwd=ROOT, capture_output=True, check=True).stdout

@@ -351,14 +351,15 @@ def test_compiled_backend_compiles_once_for_every_channel_count(variant):
 
 
 @pytest.mark.slow(seconds=40)
-def test_whole_model_compile_keeps_the_layer_whole_with_the_same_gradients(backend):
+@pytest.mark.parametrize("variant", ["b", "c"])  # without and with the softmax kept
+def test_whole_model_compile_keeps_the_layer_whole_with_the_same_gradients(backend, variant):
     # Inside torch.compile the layer is one autograd function (what it saves for backward
     # unchanged): around the native kernels' operators, kept whole, or around the compiled
     # backend's passes, traced into the model's graph. No graph break, and the compiled model
     # must learn what the eager one learns.
     torch.manual_seed(7)
     model = nn.Sequential(nn.Conv2d(3, C, 3, padding=1), nn.BatchNorm2d(C),
-                          randomised(dyrelu(C, backend, variant="c", reduction=2)),
+                          randomised(dyrelu(C, backend, variant=variant, reduction=2)),
                           nn.Conv2d(C, 4, 1)).double()
     x = torch.randn(N, 3, H, W, dtype=torch.float64)
     model(x).square().sum().backward()

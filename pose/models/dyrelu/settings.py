@@ -5,9 +5,11 @@ The record holds what the formula needs beyond the tensors; sizes (C, the hidden
 number of coefficient groups) come from the tensors' shapes, so one record serves layers of
 every channel count and a compiled backend does not specialise on them.
 
-The operator's schema and the native kernels carry the record as a list of floats in field
-order (``as_floats``); the kernels read each field by name where they use it (native.py binds
-the names to their positions once, ``field_names``).
+The native kernels' operators take the record as a list of floats in field order
+(``as_floats``), and the kernels read each field by name (native.py binds the names to their
+positions once, ``field_names``). A new scalar option is a field here, a default in
+``pose.activation_spec.DyReLUOptions``, an argument of ``DyReLU``, a name in kernels.cpp's
+``DYRELU_SCALAR_SETTINGS``, and its uses in the three backends.
 """
 from __future__ import annotations
 
