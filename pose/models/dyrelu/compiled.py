@@ -314,9 +314,11 @@ def backward(grad, x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, spatial_weight
         inputs = (*_detached(grad, x, fc1_weight, fc1_bias, fc2_weight, fc2_bias,
                              spatial_weight.view(-1) if spatial else None, context,
                              softmax if spatial else None), settings, input_grad)
-        passes = _separately_compiled_passes if settings.spatial == "residual" else None
-        grad_x, *grad_fc, grad_sw, grad_sb = (
-            _backward(*inputs, passes=passes) if passes else _compiled_backward(*inputs))
+        if settings.spatial == "residual":
+            grads = _backward(*inputs, passes=_separately_compiled_passes)
+        else:
+            grads = _compiled_backward(*inputs)
+    grad_x, *grad_fc, grad_sw, grad_sb = grads
     return [_like(x, grad_x) if input_grad else x.new_empty(0), *grad_fc,
             grad_sw.view(spatial_weight.shape) if spatial else x.new_empty(0),
             grad_sb.view(1) if spatial else x.new_empty(0)]

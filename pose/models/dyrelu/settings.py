@@ -60,22 +60,10 @@ class DyReLUSettings:
         return self.spatial != "plain"
 
     def as_floats(self) -> list[float]:
-        """The fields in order, as the native kernels and the operator's schema take them."""
+        """The fields in order, as the native kernels' operators take them."""
         return [float(SPATIAL_MODES.index(v) if f.name == "spatial" else v)
                 for f in dataclasses.fields(self) for v in [getattr(self, f.name)]]
 
     @classmethod
     def field_names(cls) -> list[str]:
         return [f.name for f in dataclasses.fields(cls)]
-
-    @classmethod
-    def from_floats(cls, values: list[float]) -> "DyReLUSettings":
-        fields = dataclasses.fields(cls)
-        if len(values) != len(fields):
-            raise ValueError(f"DyReLUSettings takes {len(fields)} values, got {len(values)}")
-        record = {}
-        for f, v in zip(fields, values):
-            record[f.name] = (SPATIAL_MODES[int(v)] if f.name == "spatial" else
-                              int(v) if f.type in ("int", int) else
-                              bool(v) if f.type in ("bool", bool) else float(v))
-        return cls(**record)
